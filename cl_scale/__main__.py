@@ -1,0 +1,3 @@
+from cl_scale.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""The ``cl-scale`` command: a thin typer layer over the config, render, runtime and cluster modules.
+
+Each group of commands lives in its own module and registers itself on ``app``. Every error a user
+can cause is a :class:`cl_scale.errors.UserError`; ``main`` prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cl_scale.errors import UserError
+
+app = typer.Typer(
+    name="cl-scale",
+    help=(
+        "Scale a Chainlit app to N single-worker instances behind a sticky load balancer.\n\n"
+        "Examples:\n\n"
+        "  cl-scale init deploy --app app.py --replicas 3\n\n"
+        "  cl-scale render nginx --set replicas=4 --out -\n\n"
+        "  cl-scale run app.py --port 8001 --redis-url redis://localhost:6379/0\n\n"
+        "  cl-scale up app.py --replicas 3"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Command modules register themselves on ``app`` when imported.
+from cl_scale.cli import render_cmds  # noqa: E402,F401
+from cl_scale.cli import runtime_cmds  # noqa: E402,F401
+
+
+def fail(message: str) -> "typer.Exit":
+    """Print one clear line to stderr and return the exit to raise (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Commands that render deployments (owned by the render work)."""

@@ -1,0 +1,1 @@
+"""Commands that run instances and clusters."""
