@@ -28,6 +28,13 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Keep ``cl-scale`` a command group even while only one command is registered."""
+
+
 # Command modules register themselves on ``app`` when imported.
 from cl_scale.cli import render_cmds  # noqa: E402,F401
 from cl_scale.cli import runtime_cmds  # noqa: E402,F401
@@ -52,10 +59,8 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click usage errors (typer vendors click): one line, exit 2
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
         raise

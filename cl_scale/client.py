@@ -1,0 +1,147 @@
+"""A Socket.IO client that speaks Chainlit's protocol, as the browser does.
+
+Handshake: POST ``/set-session-cookie``, connect to ``/ws/socket.io`` with Chainlit's ``auth``,
+emit ``connection_successful`` after every (re)connect. Used by the tests, ``cl-scale doctor`` and
+the benchmarks. ``source_address`` binds the client to a loopback address so ``ip_hash`` spreads
+clients over instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+import aiohttp
+import socketio
+
+CHAINLIT_EVENTS = ("new_message", "update_message", "stream_start", "stream_token", "task_start",
+                   "task_end", "delete_message", "ask", "clear_ask", "first_interaction", "cl-scale")
+
+
+class ChainlitClient:
+    def __init__(self, url: str, session_id: str | None = None, *, thread_id: str | None = None,
+                 source_address: str | None = None, transports=("websocket",), cookies: dict | None = None,
+                 reconnection: bool = True, client_type: str = "webapp"):
+        self.url = url.rstrip("/")
+        self.session_id = session_id or str(uuid.uuid4())
+        self.thread_id = thread_id
+        self.source_address = source_address
+        self.transports = list(transports)
+        self.cookies = dict(cookies or {})
+        self.client_type = client_type
+        self.events: list[tuple[float, str, object]] = []
+        self.connects = 0
+        self._changed = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
+                                        reconnection_delay_max=1.0, randomization_factor=0.2)
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("*", self._on_any)
+        self.ask_answer = None  # callable(ask_payload) -> answer dict for AskUserMessage
+
+    # -- connection -------------------------------------------------------------------------------
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(local_addr=(self.source_address, 0) if self.source_address else None,
+                                             force_close=True)
+            self._http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True))
+        return self._http
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        http = self._session()
+        async with http.post(f"{self.url}/set-session-cookie", json={"session_id": self.session_id},
+                             cookies=self.cookies) as resp:
+            resp.raise_for_status()
+        self.sio.eio.http = http
+        self.sio.eio.external_http = True
+        cookie = "; ".join(f"{k}={v}" for k, v in {**self.cookies,
+                                                    "X-Chainlit-Session-id": self.session_id}.items())
+        await self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=self.transports,
+                               headers={"Cookie": cookie}, auth=self.auth, wait_timeout=timeout)
+        await self.wait_for(lambda: self.connects >= 1, timeout)
+
+    @property
+    def auth(self) -> dict:
+        return {"clientType": self.client_type, "sessionId": self.session_id, "threadId": self.thread_id,
+                "userEnv": "{}", "chatProfile": None}
+
+    async def _on_connect(self):
+        self.connects += 1
+        self._notify()
+        await self.sio.emit("connection_successful")
+
+    async def _on_any(self, event, data=None):
+        self.events.append((time.monotonic(), event, data))
+        self._notify()
+        if event == "ask" and self.ask_answer is not None:
+            return self.ask_answer(data)
+        return None
+
+    def _notify(self):
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def close(self) -> None:
+        try:
+            await self.sio.disconnect()
+        finally:
+            if self._http is not None:
+                await self._http.close()
+
+    # -- chat -------------------------------------------------------------------------------------
+    async def send(self, text: str) -> str:
+        message_id = str(uuid.uuid4())
+        await self.sio.emit("client_message", {"message": {
+            "id": message_id, "threadId": self.thread_id or "", "output": text, "name": "User",
+            "type": "user_message", "createdAt": datetime.now(timezone.utc).isoformat()}, "fileReferences": []})
+        return message_id
+
+    async def send_with_files(self, text: str, file_refs: list[dict]) -> str:
+        message_id = str(uuid.uuid4())
+        await self.sio.emit("client_message", {"message": {
+            "id": message_id, "output": text, "name": "User", "type": "user_message",
+            "createdAt": datetime.now(timezone.utc).isoformat()}, "fileReferences": file_refs})
+        return message_id
+
+    def messages(self, since: int = 0) -> list[dict]:
+        """Assistant messages (new_message payloads) received, in order."""
+        return [d for _, e, d in self.events[since:] if e == "new_message" and isinstance(d, dict)
+                and d.get("type") != "user_message"]
+
+    async def wait_for(self, predicate, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"condition not met within {timeout}s; last events: "
+                                   f"{[e for _, e, _ in self.events[-8:]]}")
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
+
+    async def ask(self, text: str, timeout: float = 10.0, contains: str | None = None) -> dict:
+        """Send a message and return the next assistant message (optionally one containing ``contains``)."""
+        start = len(self.events)
+        await self.send(text)
+        return await self.wait_for(lambda: next((m for m in self.messages(start)
+                                                 if contains is None or contains in str(m.get("output"))), None),
+                                   timeout)
+
+    async def upload(self, filename: str, content: bytes, content_type: str = "text/plain",
+                     base_url: str | None = None) -> dict:
+        data = aiohttp.FormData()
+        data.add_field("file", content, filename=filename, content_type=content_type)
+        async with self._session().post(f"{(base_url or self.url).rstrip('/')}/project/file",
+                                        params={"session_id": self.session_id}, data=data) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"upload failed: {resp.status} {body}")
+            return json.loads(body)

@@ -1,0 +1,123 @@
+"""The ASGI app an instance serves: health/metrics, session-bound HTTP forwarding, then Chainlit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qs
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cl_scale.runtime import metrics
+
+log = logging.getLogger("cl_scale.asgi")
+
+# Chainlit endpoints that only work on the instance holding the session.
+SESSION_BOUND = ("/project/file", "/project/action", "/project/element", "/mcp")
+FORWARDED_HEADER = b"x-cl-scale-forwarded"
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class InstanceApp:
+    def __init__(self, instance, chainlit_app):
+        self.instance = instance
+        self.app = chainlit_app
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.app(scope, self._lifespan_receive(receive), send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/healthz":
+                return await _respond(send, 200, b'{"status":"alive"}')
+            if path == "/readyz":
+                ready, checks = self.instance.readiness()
+                return await _respond(send, 200 if ready else 503, json.dumps({"ready": ready, **checks}).encode())
+            if path == "/metrics":
+                self.instance.update_gauges()
+                self.instance.readiness()
+                return await _respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+            if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
+                return await self._maybe_forward(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive):
+        """Run cl-scale's start-up/shutdown around Chainlit's lifespan (which ends in ``os._exit``)."""
+
+        async def wrapped():
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.instance.start()
+            elif message["type"] == "lifespan.shutdown":
+                await self.instance.stop()
+            return message
+
+        return wrapped
+
+    # -- forwarding -------------------------------------------------------------------------------
+    async def _maybe_forward(self, scope, receive, send):
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        session_id = _session_id(scope, body)
+        if session_id and not self.instance.is_local(session_id):
+            owner = await self.instance.store.owner(session_id)
+            if owner and owner != self.instance.settings.instance_id:
+                url = await self.instance.peer_url(owner)
+                if url:
+                    return await self._forward(scope, body, url, send)
+            metrics.FORWARDED.labels("no_live_owner").inc()
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _forward(self, scope, body: bytes, base_url: str, send):
+        query = scope.get("query_string", b"").decode()
+        url = f"{base_url}{scope['path']}" + (f"?{query}" if query else "")
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.decode().lower() not in _HOP_BY_HOP]
+        headers.append((FORWARDED_HEADER.decode(), "1"))
+        try:
+            resp = await self.http.request(scope["method"], url, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            metrics.FORWARDED.labels("error").inc()
+            log.warning("forwarding %s to %s failed: %s", scope["path"], base_url, exc)
+            return await _respond(send, 502, json.dumps({"detail": "session owner unreachable"}).encode())
+        metrics.FORWARDED.labels("ok").inc()
+        out_headers = [(k.encode(), v.encode()) for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP]
+        out_headers.append((b"content-length", str(len(resp.content)).encode()))
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": out_headers})
+        await send({"type": "http.response.body", "body": resp.content})
+
+
+def _session_id(scope, body: bytes) -> str | None:
+    query = parse_qs(scope.get("query_string", b"").decode())
+    if query.get("session_id"):
+        return query["session_id"][0]
+    if body[:1] == b"{":
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(data, dict):
+            value = data.get("sessionId") or data.get("session_id")
+            return value if isinstance(value, str) else None
+    return None

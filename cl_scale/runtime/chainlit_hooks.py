@@ -1,0 +1,346 @@
+"""The only module that touches Chainlit internals. Everything it needs is checked at start-up.
+
+Chainlit keeps each session in process memory (``ws_sessions_id``, ``user_sessions``,
+``chat_contexts``). These hooks mirror that state into the Redis session store as it changes and,
+when a client reconnects to an instance that does not hold its session, rebuild the in-memory
+session from Redis *before* Chainlit's own ``connect`` handler runs — so Chainlit takes its normal
+"restore existing session" path (owner check included) and ``on_chat_start`` does not run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from importlib.metadata import version as dist_version
+
+from cl_scale.errors import UserError
+from cl_scale.runtime import metrics
+from cl_scale.runtime.session_store import NotOwner
+
+log = logging.getLogger("cl_scale.hooks")
+
+TESTED_CHAINLIT = (">=2.12.0", "<2.13")
+# Keys Chainlit copies into user_session on every get(): rebuilt from the session, never stored.
+_DERIVED_KEYS = {"id", "env", "chat_settings", "user", "chat_profile", "client_type"}
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+_OPTIONAL_STR = ("threadId", "userEnv", "chatProfile")
+
+# (module, attribute) pairs cl-scale patches or reads.
+REQUIRED = [
+    ("chainlit.server", "sio"),
+    ("chainlit.server", "app"),
+    ("chainlit.socket", "process_message"),
+    ("chainlit.socket", "restore_existing_session"),
+    ("chainlit.session", "WebsocketSession"),
+    ("chainlit.session", "ws_sessions_id"),
+    ("chainlit.user_session", "user_sessions"),
+    ("chainlit.user_session", "UserSession"),
+    ("chainlit.chat_context", "chat_contexts"),
+    ("chainlit.chat_context", "ChatContext"),
+    ("chainlit.context", "init_ws_context"),
+    ("chainlit.config", "FILES_DIRECTORY"),
+]
+REQUIRED_HANDLERS = ("connect", "connection_successful", "disconnect", "client_message")
+
+
+class ChainlitIncompatible(UserError):
+    pass
+
+
+def check_chainlit() -> str:
+    """Fail fast, naming the Chainlit version, if a hook point moved."""
+    import importlib
+
+    installed = dist_version("chainlit")
+    problems = []
+    for module_name, attr in REQUIRED:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            problems.append(f"{module_name} ({exc.__class__.__name__})")
+            continue
+        if not hasattr(module, attr):
+            problems.append(f"{module_name}.{attr}")
+    if not problems:
+        handlers = importlib.import_module("chainlit.server").sio.handlers.get("/", {})
+        problems += [f"socket handler '{h}'" for h in REQUIRED_HANDLERS if h not in handlers]
+    if problems:
+        raise ChainlitIncompatible(
+            f"Chainlit {installed} lacks what cl-scale hooks ({', '.join(problems)}); "
+            f"cl-scale is tested with chainlit{','.join(TESTED_CHAINLIT)}")
+    major_minor = tuple(int(x) for x in installed.split(".")[:2])
+    if major_minor != (2, 12):
+        log.warning("Chainlit %s is outside the tested range %s", installed, ",".join(TESTED_CHAINLIT))
+    return installed
+
+
+def validate_auth(auth) -> str:
+    """Refuse malformed handshakes before Chainlit sees them (it would raise KeyError/TypeError)."""
+    if not isinstance(auth, dict):
+        raise ConnectionRefusedError("invalid handshake: auth must be an object")
+    session_id = auth.get("sessionId")
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+        raise ConnectionRefusedError("invalid handshake: sessionId missing or malformed")
+    if auth.get("clientType") not in ("webapp", "copilot", "teams", "slack", "discord"):
+        raise ConnectionRefusedError("invalid handshake: unknown clientType")
+    for key in _OPTIONAL_STR:
+        if auth.get(key) is not None and not isinstance(auth.get(key), str):
+            raise ConnectionRefusedError(f"invalid handshake: {key} must be a string")
+    if auth.get("userEnv"):
+        try:
+            if not isinstance(json.loads(auth["userEnv"]), dict):
+                raise ValueError
+        except ValueError:
+            raise ConnectionRefusedError("invalid handshake: userEnv must be a JSON object") from None
+    return session_id
+
+
+class ChainlitHooks:
+    """Installs the wrappers; holds no state Chainlit does not already hold, except save bookkeeping."""
+
+    def __init__(self, runtime):
+        self.rt = runtime
+        self._pending: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._warned_keys: set[str] = set()
+        self.restore_callbacks: list = []
+
+    # -- installation ---------------------------------------------------------------------
+    def install(self) -> None:
+        import importlib
+
+        from chainlit.server import sio
+
+        # ``chainlit.user_session`` / ``chainlit.chat_context`` are shadowed by instances on the
+        # package: fetch the modules themselves.
+        cc = importlib.import_module("chainlit.chat_context")
+        cs = importlib.import_module("chainlit.socket")
+        us = importlib.import_module("chainlit.user_session")
+
+        handlers = sio.handlers["/"]
+        self._connect, handlers["connect"] = handlers["connect"], self.connect
+        self._connected, handlers["connection_successful"] = handlers["connection_successful"], self.connection_successful
+        self._disconnect, handlers["disconnect"] = handlers["disconnect"], self.disconnect
+        if "chat_settings_change" in handlers:
+            self._settings = handlers["chat_settings_change"]
+            handlers["chat_settings_change"] = self.chat_settings_change
+        self._process_message, cs.process_message = cs.process_message, self.process_message
+
+        hooks = self
+
+        def patch(cls, name):
+            original = getattr(cls, name)
+
+            def wrapper(self, *args, **kwargs):
+                result = original(self, *args, **kwargs)
+                hooks.mark_dirty()
+                return result
+
+            wrapper.__wrapped__ = original
+            setattr(cls, name, wrapper)
+
+        patch(us.UserSession, "set")
+        for name in ("add", "remove", "clear"):
+            patch(cc.ChatContext, name)
+
+    # -- socket handlers ------------------------------------------------------------------------
+    async def connect(self, sid, environ, auth=None):
+        from chainlit.session import WebsocketSession
+
+        session_id = validate_auth(auth)
+        record = await self.rt.store.load(session_id)
+        local = WebsocketSession.get_by_id(session_id)
+        if local is not None and record and record["owner"] != self.rt.settings.instance_id:
+            self.forget(local)  # a peer took the session over since: our copy is stale
+            local = None
+        restored = None
+        if local is None and record:
+            restored = self.rehydrate(record["snapshot"], sid, environ)
+        try:
+            accepted = await self._connect(sid, environ, auth)
+        except BaseException:
+            if restored is not None:
+                self.forget(restored)
+            raise
+        session = WebsocketSession.get_by_id(session_id)
+        if session is None or accepted is False:
+            return accepted
+        if restored is not None:
+            session._clscale_restored = True
+            metrics.RESTORED.inc()
+            log.info("session %s restored from Redis (was on %s)", session_id, record["owner"])
+        await self.rt.join_rooms(sid, session)
+        await self.save(session, claim=True)
+        return accepted
+
+    async def connection_successful(self, sid, *args):
+        from chainlit.context import init_ws_context
+        from chainlit.session import WebsocketSession
+
+        await self._connected(sid, *args)
+        session = WebsocketSession.get(sid)
+        if session is None:
+            return
+        if getattr(session, "_clscale_restored", False):
+            session._clscale_restored = False
+            init_ws_context(session)
+            for callback in self.restore_callbacks:
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("on_session_restore callback failed for session %s", session.id)
+        task = session.current_task
+        if task is not None and not task.done():
+            task.add_done_callback(lambda _t, s=session: self.schedule_save(s.id))
+        else:
+            self.schedule_save(session.id)
+        await self.rt.on_session_ready(session)
+
+    async def disconnect(self, sid, *args):
+        from chainlit.session import WebsocketSession
+
+        session = WebsocketSession.get(sid)
+        await self._disconnect(sid)
+        if session is None:
+            return
+        if session.to_clear:
+            await self.rt.store.delete(session.id)
+        else:
+            await self.save(session, connected=False)
+
+    async def chat_settings_change(self, sid, settings):
+        from chainlit.session import WebsocketSession
+
+        await self._settings(sid, settings)
+        if session := WebsocketSession.get(sid):
+            await self.save(session)
+
+    async def process_message(self, session, payload):
+        try:
+            await self._process_message(session, payload)
+        finally:
+            await self.save(session)
+
+    # -- snapshot / restore ---------------------------------------------------------------------
+    def snapshot(self, session) -> dict:
+        from chainlit.chat_context import chat_contexts
+        from chainlit.user_session import user_sessions
+
+        values = {}
+        for key, value in user_sessions.get(session.id, {}).items():
+            if key in _DERIVED_KEYS:
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                metrics.SNAPSHOT_SKIPPED.inc()
+                if key not in self._warned_keys:
+                    self._warned_keys.add(key)
+                    log.warning("user_session[%r] (%s) is not JSON-serialisable: not shared across "
+                                "instances; rebuild it in an @on_session_restore hook",
+                                key, type(value).__name__)
+                continue
+            values[key] = value
+        user = session.user
+        return {
+            "id": session.id,
+            "thread_id": session.thread_id,
+            "user": user.to_dict() if user is not None else None,
+            "client_type": session.client_type,
+            "chat_profile": session.chat_profile,
+            "chat_settings": session.chat_settings,
+            "user_env": session.user_env,
+            "chat_started": session.chat_started,
+            "has_first_interaction": session.has_first_interaction,
+            "user_session": values,
+            "chat_context": [m.to_dict() for m in chat_contexts.get(session.id, [])],
+        }
+
+    def rehydrate(self, snap: dict, sid: str, environ: dict):
+        """Rebuild Chainlit's in-memory session from a snapshot, as if it had never left."""
+        from chainlit.chat_context import chat_contexts
+        from chainlit.context import init_ws_context
+        from chainlit.message import Message
+        from chainlit.session import WebsocketSession
+        from chainlit.user import PersistedUser, User
+        from chainlit.user_session import user_sessions
+
+        user = None
+        if snap.get("user"):
+            data = dict(snap["user"])
+            user = PersistedUser(**data) if "id" in data and "createdAt" in data else User(
+                identifier=data["identifier"], display_name=data.get("display_name"),
+                metadata=data.get("metadata") or {})
+
+        async def not_connected(*_a, **_k):  # replaced by Chainlit's restore path right after
+            return None
+
+        session = WebsocketSession(
+            id=snap["id"], socket_id=sid, emit=not_connected, emit_call=not_connected,
+            user_env=snap.get("user_env") or {}, client_type=snap.get("client_type") or "webapp",
+            environ=environ, user=user, chat_profile=snap.get("chat_profile"))
+        session.thread_id = snap["thread_id"]
+        session.chat_settings = snap.get("chat_settings") or {}
+        session.chat_started = bool(snap.get("chat_started"))
+        session.has_first_interaction = bool(snap.get("has_first_interaction"))
+        user_sessions[session.id] = dict(snap.get("user_session") or {})
+        init_ws_context(session)
+        chat_contexts[session.id] = [Message.from_dict(m) for m in snap.get("chat_context") or []]
+        return session
+
+    def forget(self, session) -> None:
+        """Drop a session from this process without running app callbacks (it lives elsewhere)."""
+        from chainlit.chat_context import chat_contexts
+        from chainlit.session import ws_sessions_id, ws_sessions_sid
+        from chainlit.user_session import user_sessions
+
+        if ws_sessions_id.get(session.id) is session:
+            ws_sessions_id.pop(session.id, None)
+        if ws_sessions_sid.get(session.socket_id) is session:
+            ws_sessions_sid.pop(session.socket_id, None)
+        user_sessions.pop(session.id, None)
+        chat_contexts.pop(session.id, None)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def mark_dirty(self) -> None:
+        from chainlit.context import context
+
+        try:
+            session = context.session
+        except Exception:
+            return
+        if session is not None and hasattr(session, "socket_id"):
+            self.schedule_save(session.id)
+
+    def schedule_save(self, session_id: str) -> None:
+        if session_id in self._pending:
+            return
+        self._pending.add(session_id)
+        try:
+            asyncio.get_running_loop().create_task(self._flush(session_id))
+        except RuntimeError:
+            self._pending.discard(session_id)
+
+    async def _flush(self, session_id: str) -> None:
+        from chainlit.session import WebsocketSession
+
+        self._pending.discard(session_id)
+        if session := WebsocketSession.get_by_id(session_id):
+            await self.save(session)
+
+    async def save(self, session, *, connected: bool = True, claim: bool = False) -> None:
+        lock = self._locks.setdefault(session.id, asyncio.Lock())
+        async with lock:
+            try:
+                await self.rt.store.save(self.snapshot(session), socket=session.socket_id,
+                                         connected=connected, claim=claim)
+            except NotOwner:
+                log.info("session %s is owned by a peer now; dropping the local copy", session.id)
+                self.forget(session)
+            except Exception:
+                metrics.STORE_ERRORS.inc()
+                log.exception("session %s: snapshot failed", session.id)
+        if not connected:
+            self._locks.pop(session.id, None)

@@ -1,0 +1,88 @@
+"""``cl-scale run``: start an unmodified Chainlit app as one single-worker instance wired to Redis.
+
+Mirrors ``chainlit run`` (chainlit/cli/__init__.py) step by step, adding: the hook check, a private
+files directory (Chainlit deletes its whole ``.files`` on shutdown), the local-first Socket.IO manager,
+session hooks, and the instance ASGI wrapper. Redis does not have to be up at start: the instance
+serves, reports not-ready, and connects as soon as Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cl_scale.errors import UserError
+from cl_scale.runtime.settings import RuntimeSettings
+
+log = logging.getLogger("cl_scale.run")
+
+
+def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug: bool = False,
+        root_path: str = "") -> None:
+    if not Path(target).is_file():
+        raise UserError(f"app file not found: {target}")
+    os.environ["CHAINLIT_HOST"] = settings.host
+    os.environ["CHAINLIT_PORT"] = str(settings.port)
+    if root_path:
+        os.environ["CHAINLIT_ROOT_PATH"] = root_path
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s [" + settings.instance_id + "] %(message)s")
+
+    import nest_asyncio
+
+    nest_asyncio.apply()  # as chainlit run does: Chainlit re-enters the loop for chat profiles
+
+    from cl_scale.runtime.chainlit_hooks import check_chainlit
+
+    check_chainlit()
+
+    import chainlit.config as cl_config
+    import chainlit.server as cl_server
+    from chainlit.auth import ensure_jwt_secret
+    from chainlit.cache import init_lc_cache
+    from chainlit.markdown import init_markdown
+
+    files_dir = Path(settings.files_dir or Path(cl_config.APP_ROOT) / ".files" / settings.instance_id)
+    files_dir.mkdir(parents=True, exist_ok=True)
+    cl_config.FILES_DIRECTORY = files_dir
+    cl_server.FILES_DIRECTORY = files_dir
+
+    config = cl_config.config
+    config.run.host, config.run.port = settings.host, settings.port
+    config.run.headless, config.run.debug = headless, debug
+    config.run.root_path = root_path
+    config.run.module_name = target
+    # Chainlit's session timeout decides how long a disconnected session is kept; Redis keeps it as long.
+    settings.session_timeout = int(os.environ.get("CL_SCALE_SESSION_TIMEOUT") or config.project.session_timeout)
+    cl_config.load_module(target)
+    ensure_jwt_secret()
+    if not (config.code.on_chat_start or config.code.on_message or config.code.on_audio_chunk):
+        raise UserError(f"{target}: define at least one of on_chat_start, on_message or on_audio_chunk")
+    init_markdown(config.root)
+    init_lc_cache()
+
+    from cl_scale.runtime import api
+    from cl_scale.runtime.asgi import InstanceApp
+    from cl_scale.runtime.instance import Instance
+
+    instance = Instance(settings)
+    instance.install()
+    instance.hooks.restore_callbacks = api._RESTORE_CALLBACKS
+    asgi_app = InstanceApp(instance, cl_server.app)
+
+    import uvicorn
+
+    deflate = os.environ.get("UVICORN_WS_PER_MESSAGE_DEFLATE", "true").lower() in ("true", "1", "yes")
+
+    async def serve():
+        server = uvicorn.Server(uvicorn.Config(
+            asgi_app, host=settings.host, port=settings.port, ws=os.environ.get("UVICORN_WS_PROTOCOL", "auto"),
+            log_level="debug" if debug else "warning", ws_per_message_deflate=deflate,
+            ssl_keyfile=os.environ.get("CHAINLIT_SSL_KEY"), ssl_certfile=os.environ.get("CHAINLIT_SSL_CERT"),
+            timeout_graceful_shutdown=settings.drain_seconds))
+        await server.serve()
+
+    asyncio.run(serve())

@@ -1,0 +1,230 @@
+"""Socket.IO client manager: local-first, targeted cross-instance delivery over Redis.
+
+python-socketio's stock ``AsyncRedisManager`` publishes every emit on one channel that every instance
+decodes, so each streamed token costs a Redis round trip plus N decodes. Chainlit emits almost
+exclusively to one socket id that is connected to the emitting instance; this manager:
+
+* delivers an emit whose target is a socket connected here without touching Redis (fast path);
+* keeps a Redis registry ``room -> instances holding a member`` and publishes a cross-instance emit
+  only on the channels of those instances (one publish per holder, decoded only there);
+* uses the broadcast channel only for room-less emits;
+* prunes registry entries of dead instances when a publish reaches nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from socketio import AsyncManager, AsyncRedisManager
+
+from cl_scale.runtime import metrics
+from cl_scale.runtime.redis_conn import connect
+
+log = logging.getLogger("cl_scale.manager")
+
+
+class LocalFirstRedisManager(AsyncRedisManager):
+    name = "cl-scale"
+
+    def __init__(self, url: str, *, instance_id: str, prefix: str = "clscale",
+                 redis_timeout: float = 2.0, heartbeat_seconds: float = 1.0):
+        self.prefix = prefix
+        super().__init__(url=url, channel=self.instance_channel(prefix, instance_id))
+        self.host_id = instance_id  # callbacks return to ``instance_channel(host_id)``
+        self.broadcast_channel = f"{prefix}:sio:all"
+        self.redis_timeout = redis_timeout
+        self.heartbeat_seconds = heartbeat_seconds
+        self.redis = connect(url, timeout=redis_timeout)
+        self._listen_redis = connect(url, timeout=None)
+        self.listener_alive_at = 0.0  # monotonic time of the last self-ping seen by the listener
+        self.redis_ok = False
+        self._registered: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- naming ---------------------------------------------------------------------------
+    @staticmethod
+    def instance_channel(prefix: str, instance_id: str) -> str:
+        return f"{prefix}:sio:inst:{instance_id}"
+
+    def room_key(self, namespace: str, room: str) -> str:
+        return f"{self.prefix}:room:{namespace}:{room}"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def initialize(self):
+        AsyncManager.initialize(self)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._thread()), loop.create_task(self._heartbeat())]
+
+    async def close(self) -> None:
+        """Deregister this instance's rooms so nobody publishes to a gone instance."""
+        for task in self._tasks:
+            task.cancel()
+        try:
+            async with asyncio.timeout(self.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for namespace, room in self._registered:
+                    pipe.srem(self.room_key(namespace, room), self.host_id)
+                await pipe.execute()
+        except Exception as exc:  # Redis down at shutdown: entries are pruned lazily
+            log.warning("could not deregister rooms at shutdown: %s", exc)
+
+    # -- emit -----------------------------------------------------------------------------
+    def _is_local_socket(self, namespace: str, room) -> bool:
+        return isinstance(room, str) and room in self.rooms.get(namespace, {}).get(None, {})
+
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        room = to or room
+        namespace = namespace or "/"
+        if kwargs.get("ignore_queue") or self._is_local_socket(namespace, room):
+            metrics.EMITS.labels("local").inc()
+            return await AsyncManager.emit(self, event, data, namespace=namespace, room=room,
+                                           skip_sid=skip_sid, callback=callback)
+        # Room emit: deliver locally, then to the instances that hold members of the room.
+        return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                                  callback=callback)
+
+    async def _publish(self, data):
+        """Route one pub/sub message: callbacks to their origin, emits to the room's holders."""
+        method = data.get("method")
+        if method == "callback":
+            return await self._publish_to([self.instance_channel(self.prefix, data["host_id"])], data)
+        room = data.get("room") if method in ("emit", "close_room") else data.get("sid")
+        if room is None or not isinstance(room, str):
+            return await self._publish_to([self.broadcast_channel], data)
+        namespace = data.get("namespace") or "/"
+        try:
+            async with asyncio.timeout(self.redis_timeout):
+                holders = await self.redis.smembers(self.room_key(namespace, room))
+        except Exception as exc:
+            metrics.EMIT_ERRORS.inc()
+            log.warning("room lookup failed for %s: %s", room, exc)
+            return
+        targets = [h.decode() for h in holders if h.decode() != self.host_id]
+        if not targets:
+            return
+        metrics.EMITS.labels("remote").inc(len(targets))
+        delivered = await self._publish_to([self.instance_channel(self.prefix, t) for t in targets], data)
+        stale = [t for t, n in zip(targets, delivered or []) if n == 0]
+        if stale:  # nobody listens on those channels any more: the instance is gone
+            try:
+                await self.redis.srem(self.room_key(namespace, room), *stale)
+            except Exception:
+                pass
+
+    async def _publish_to(self, channels: list[str], data) -> list[int] | None:
+        payload = self.json.dumps(data)
+        try:
+            async with asyncio.timeout(self.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for channel in channels:
+                    pipe.publish(channel, payload)
+                return await pipe.execute()
+        except Exception as exc:
+            metrics.EMIT_ERRORS.inc()
+            log.warning("publish to %s failed: %s", channels, exc)
+            return None
+
+    # -- room registry ----------------------------------------------------------------------
+    async def enter_room(self, sid, namespace, room, eio_sid=None):
+        result = await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room != sid:
+            await self._register(namespace or "/", room)
+        return result
+
+    async def connect(self, sid, namespace):
+        sid = await super().connect(sid, namespace)
+        if sid is not None:
+            await self._register(namespace or "/", sid)
+        return sid
+
+    async def disconnect(self, sid, namespace, **kwargs):
+        namespace = namespace or "/"
+        rooms = [r for r, members in self.rooms.get(namespace, {}).items() if r is not None and sid in members]
+        result = await super().disconnect(sid, namespace, **kwargs)
+        await self._prune(namespace, rooms)
+        return result
+
+    async def leave_room(self, sid, namespace, room):
+        result = await super().leave_room(sid, namespace, room)
+        await self._prune(namespace or "/", [room])
+        return result
+
+    async def _register(self, namespace: str, room: str) -> None:
+        self._registered.add((namespace, room))
+        try:
+            async with asyncio.timeout(self.redis_timeout):
+                await self.redis.sadd(self.room_key(namespace, room), self.host_id)
+        except Exception as exc:  # re-sent by the heartbeat once Redis is back
+            self.redis_ok = False
+            log.warning("room registration deferred (%s): %s", room, exc)
+
+    async def _prune(self, namespace: str, rooms) -> None:
+        gone = [r for r in rooms if r is not None and not self.rooms.get(namespace, {}).get(r)]
+        if not gone:
+            return
+        for room in gone:
+            self._registered.discard((namespace, room))
+        try:
+            async with asyncio.timeout(self.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for room in gone:
+                    pipe.srem(self.room_key(namespace, room), self.host_id)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("room deregistration failed: %s", exc)
+
+    # -- listener ---------------------------------------------------------------------------
+    async def _listen(self):
+        """Yield messages from this instance's channel and the broadcast channel, resubscribing
+        with a short backoff when Redis goes away (delivery resumes ~1 s after Redis returns)."""
+        channels = {self.channel.encode(), self.broadcast_channel.encode()}
+        backoff = 0.1
+        while True:
+            pubsub = self._listen_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel, self.broadcast_channel)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message" or message["channel"] not in channels:
+                        continue
+                    data = message["data"]
+                    if data == b"ping":
+                        self.listener_alive_at = time.monotonic()
+                        continue
+                    yield data
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.listener_alive_at = 0.0
+                log.warning("Redis listener lost (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    async def _heartbeat(self):
+        """Self-ping through Redis (proves the listener works) and re-register rooms after an outage."""
+        while True:
+            try:
+                async with asyncio.timeout(self.redis_timeout):
+                    await self.redis.publish(self.channel, "ping")
+                    if not self.redis_ok and self._registered:
+                        pipe = self.redis.pipeline(transaction=False)
+                        for namespace, room in list(self._registered):
+                            pipe.sadd(self.room_key(namespace, room), self.host_id)
+                        await pipe.execute()
+                self.redis_ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.redis_ok = False
+            await asyncio.sleep(self.heartbeat_seconds)
+
+    def listener_alive(self) -> bool:
+        return self.redis_ok and time.monotonic() - self.listener_alive_at < max(5.0, 3 * self.heartbeat_seconds)

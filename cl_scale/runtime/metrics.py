@@ -1,0 +1,26 @@
+"""Prometheus metrics of one instance (served at ``/metrics``)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EMITS = Counter("clscale_emits_total", "Socket.IO emits by path: local (no Redis) or remote (published to a peer)",
+                ["path"], registry=REGISTRY)
+EMIT_ERRORS = Counter("clscale_emit_errors_total", "Cross-instance emits that failed to reach Redis", registry=REGISTRY)
+SESSIONS = Gauge("clscale_sessions", "Chainlit sessions held by this instance", registry=REGISTRY)
+SOCKETS = Gauge("clscale_sockets", "Socket.IO connections on this instance", registry=REGISTRY)
+RESTORED = Counter("clscale_sessions_restored_total", "Sessions rehydrated from Redis after a move", registry=REGISTRY)
+STORE_ERRORS = Counter("clscale_session_store_errors_total", "Session snapshot reads/writes that failed",
+                       registry=REGISTRY)
+SNAPSHOT_SKIPPED = Counter("clscale_user_session_values_skipped_total",
+                           "user_session values not stored because they are not JSON-serialisable",
+                           registry=REGISTRY)
+FORWARDED = Counter("clscale_http_forwarded_total", "Session-bound HTTP requests forwarded to the owner instance",
+                    ["outcome"], registry=REGISTRY)
+LISTENER_LAG = Gauge("clscale_listener_lag_seconds", "Seconds since the Redis listener last saw its own ping",
+                     registry=REGISTRY)
+WORKER_MESSAGES = Counter("clscale_worker_messages_total", "Worker messages by outcome", ["outcome"],
+                          registry=REGISTRY)
+OUTBOX_DEPTH = Gauge("clscale_outbox_depth", "Worker messages waiting for disconnected sessions", registry=REGISTRY)
+DELIVERY_SECONDS = Histogram("clscale_worker_delivery_seconds", "Worker message publish-to-delivery time",
+                             registry=REGISTRY)

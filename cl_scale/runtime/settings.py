@@ -1,0 +1,100 @@
+"""One settings object every runtime part reads (uvicorn's ``Config`` pattern).
+
+Values come from ``cl-scale run`` flags, falling back to ``CL_SCALE_*`` environment variables, so the
+same container image works under Kubernetes (env from ConfigMap/Secret) and locally (flags).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlparse, urlunparse
+
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def with_password(url: str, password: str | None) -> str:
+    """Put ``REDIS_PASSWORD`` into a URL that has none, so the password can live in a Secret
+    while the URL lives in a ConfigMap."""
+    if not password:
+        return url
+    parsed = urlparse(url)
+    if parsed.password or parsed.scheme == "unix":
+        if parsed.scheme == "unix" and "password=" not in (parsed.query or ""):
+            sep = "&" if parsed.query else ""
+            return urlunparse(parsed._replace(query=f"{parsed.query}{sep}password={quote(password)}"))
+        return url
+    user = parsed.username or ""
+    netloc = f"{quote(user)}:{quote(password, safe='')}@{parsed.hostname or ''}"
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def redacted(url: str) -> str:
+    """The URL with its password replaced: safe for logs and status output."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+@dataclass
+class RuntimeSettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Unique per process start: rooms and sessions are registered under it in Redis.
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    #: How peers reach this instance directly (session-bound HTTP forwarding).
+    advertise_url: str | None = None
+    #: Redis keys and channels start with this, so several apps can share one Redis.
+    prefix: str = "clscale"
+    #: Seconds a disconnected session stays restorable (Chainlit's ``session_timeout``).
+    session_timeout: int = 3600
+    drain_seconds: int = 30
+    #: Per-Redis-command timeout: a stalled Redis must never stall a chat.
+    redis_timeout: float = 2.0
+    #: How often the listener proves itself alive (readiness) and registrations are refreshed.
+    heartbeat_seconds: float = 1.0
+    files_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides) -> "RuntimeSettings":
+        url = overrides.pop("redis_url", None) or _env("CL_SCALE_REDIS_URL") or _env("REDIS_URL") or cls.redis_url
+        values = dict(
+            redis_url=with_password(url, _env("REDIS_PASSWORD")),
+            session_timeout=int(_env("CL_SCALE_SESSION_TIMEOUT", "3600")),
+            drain_seconds=int(_env("CL_SCALE_DRAIN_SECONDS", "30")),
+            prefix=_env("CL_SCALE_PREFIX", "clscale"),
+            advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
+            files_dir=_env("CL_SCALE_FILES_DIR"),
+        )
+        if _env("CL_SCALE_INSTANCE_ID"):
+            values["instance_id"] = _env("CL_SCALE_INSTANCE_ID")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        if not settings.advertise_url:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            settings.advertise_url = f"http://{host}:{settings.port}"
+        return settings
+
+    def validate(self) -> None:
+        from cl_scale.errors import ConfigError
+
+        scheme = urlparse(self.redis_url).scheme
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConfigError("redis-url", redacted(self.redis_url), f"scheme must be one of {', '.join(SUPPORTED_SCHEMES)}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError("port", self.port, "must be between 1 and 65535")
+        if self.session_timeout < 1:
+            raise ConfigError("CL_SCALE_SESSION_TIMEOUT", self.session_timeout, "must be a positive number of seconds")

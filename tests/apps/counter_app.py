@@ -1,0 +1,47 @@
+"""Test app: a per-session counter in user_session, chat history length, ask and file handling."""
+
+import os
+
+import chainlit as cl
+
+import cl_scale
+
+INSTANCE = os.environ.get("CL_SCALE_INSTANCE_ID", "?")
+
+
+@cl.on_chat_start
+async def start():
+    cl.user_session.set("counter", 0)
+    cl.user_session.set("client", object())  # not serialisable: must be skipped with a warning
+    await cl.Message(content=f"started on {INSTANCE}").send()
+
+
+@cl_scale.on_session_restore
+async def restored():
+    cl.user_session.set("client", object())
+    cl.user_session.set("restores", (cl.user_session.get("restores") or 0) + 1)
+
+
+@cl.on_message
+async def on_message(message: cl.Message):
+    counter = (cl.user_session.get("counter") or 0) + 1
+    cl.user_session.set("counter", counter)
+    text = message.content
+    if text == "ask":
+        answer = await cl.AskUserMessage(content="your name?", timeout=20).send()
+        text = f"answer={answer['output'] if answer else None}"
+    elif text == "file":
+        files = [e for e in message.elements if getattr(e, "path", None)]
+        text = "file=" + "|".join(open(f.path).read() for f in files)
+    elif text.startswith("stream"):
+        n = int(text.split()[1]) if " " in text else 50
+        msg = cl.Message(content="")
+        for i in range(n):
+            await msg.stream_token(f"t{i} ")
+        await msg.send()
+        return
+    history = len(cl.chat_context.get())
+    has_client = cl.user_session.get("client") is not None
+    await cl.Message(content=(f"count={counter} instance={INSTANCE} thread={cl.context.session.thread_id} "
+                              f"history={history} client={has_client} restores={cl.user_session.get('restores') or 0} "
+                              f"echo={text}")).send()
