@@ -47,7 +47,9 @@ class ChainlitClient:
         if self._http is None:
             connector = aiohttp.TCPConnector(local_addr=(self.source_address, 0) if self.source_address else None,
                                              force_close=True)
-            self._http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True))
+            # engine.io moves an explicit Cookie header into this jar: it must be a real one.
+            self._http = aiohttp.ClientSession(connector=connector,
+                                               cookie_jar=aiohttp.CookieJar(unsafe=True, quote_cookie=False))
         return self._http
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -62,6 +64,13 @@ class ChainlitClient:
         await self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=self.transports,
                                headers={"Cookie": cookie}, auth=self.auth, wait_timeout=timeout)
         await self.wait_for(lambda: self.connects >= 1, timeout)
+
+    async def login_with_header(self, headers: dict) -> None:
+        """Header authentication (``@cl.header_auth_callback``): keep the access token cookie."""
+        async with self._session().post(f"{self.url}/auth/header", headers=headers) as resp:
+            resp.raise_for_status()
+            for name, morsel in resp.cookies.items():
+                self.cookies[name] = morsel.value
 
     @property
     def auth(self) -> dict:

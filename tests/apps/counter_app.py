@@ -33,6 +33,10 @@ async def on_message(message: cl.Message):
     elif text == "file":
         files = [e for e in message.elements if getattr(e, "path", None)]
         text = "file=" + "|".join(open(f.path).read() for f in files)
+    elif text.startswith("relay "):  # emit into another session, wherever it is connected
+        _, target, payload = text.split(" ", 2)
+        await cl_scale.emit_to_session(target, "cl-scale", {"text": payload, "from": INSTANCE})
+        text = "relayed"
     elif text.startswith("stream"):
         n = int(text.split()[1]) if " " in text else 50
         msg = cl.Message(content="")
