@@ -33,6 +33,7 @@ class ChainlitClient:
         self.cookies = dict(cookies or {})
         self.client_type = client_type
         self.events: list[tuple[float, str, object]] = []
+        self.counts: dict[str, int] = {}  # per event name, for O(1) wait predicates on hot streams
         self.connects = 0
         self._changed = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -84,6 +85,7 @@ class ChainlitClient:
 
     async def _on_any(self, event, data=None):
         self.events.append((time.monotonic(), event, data))
+        self.counts[event] = self.counts.get(event, 0) + 1
         self._notify()
         if event == "ask" and self.ask_answer is not None:
             return self.ask_answer(data)

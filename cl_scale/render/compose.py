@@ -1,0 +1,141 @@
+"""compose target: Redis + N app instances + sticky nginx on one host.
+
+Why Python dicts dumped with ``yaml.safe_dump``: a value can never add a key or a service, whatever
+it contains. Compose additionally *interpolates* ``$VAR`` in every string, so user strings have
+``$`` doubled (``$$``) and only the renderer's own ``${REDIS_PASSWORD:?...}`` is interpolated.
+Secrets come from ``.env`` (copy ``.env.example``), never from values.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import yaml
+
+from cl_scale.config.values import Values
+from cl_scale.render import nginx as nginx_render
+from cl_scale.render.scaffold import env_example
+
+NGINX_IMAGE = "nginx:1.27-alpine"
+APP_UID = "10001:10001"
+_PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (copy .env.example)}"
+_CONF_DIR = "/etc/cl-scale/nginx"
+_PREFIX = "/tmp/nginx"
+
+
+def _lit(text: str) -> str:
+    """A user string compose must not interpolate."""
+    return str(text).replace("$", "$$")
+
+
+def service_names(values: Values) -> list[str]:
+    return [f"app-{i}" for i in range(1, values.replicas + 1)]
+
+
+def _redis_url(values: Values) -> str:
+    return "redis://redis:6379/0" if values.redis.enabled else _lit(values.redis.url or "")
+
+
+def _redis_service(values: Values) -> dict[str, Any]:
+    r = values.redis
+    return {
+        "image": _lit(r.image),
+        "command": ["redis-server", "--requirepass", _PASSWORD, "--maxmemory", _lit(r.maxmemory),
+                    "--maxmemory-policy", "noeviction", "--appendonly", "yes"],
+        # redis-cli reads REDISCLI_AUTH: the healthcheck needs no password on its command line.
+        "environment": {"REDISCLI_AUTH": _PASSWORD},
+        "volumes": ["redis-data:/data"],
+        "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "5s", "timeout": "3s",
+                        "retries": 10},
+        "restart": "unless-stopped",
+    }
+
+
+def _app_service(values: Values, name: str) -> dict[str, Any]:
+    a = values.app
+    port = str(a.port)
+    env = {_lit(k): _lit(v) for k, v in a.env.items()}
+    env.update({
+        "CHAINLIT_APP_ROOT": "/app",
+        "CL_SCALE_INSTANCE_ID": name,
+        "CL_SCALE_ADVERTISE_URL": f"http://{name}:{port}",
+        "CL_SCALE_REDIS_URL": _redis_url(values),
+        "CL_SCALE_SESSION_TIMEOUT": str(a.sessionTimeout),
+        "CL_SCALE_DRAIN_SECONDS": str(values.drain.seconds),
+    })
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"
+    service: dict[str, Any] = {
+        "image": _lit(a.image),
+        "entrypoint": ["cl-scale", "run"],
+        "command": [_lit(a.module), "--host", "0.0.0.0", "--port", port],
+        "user": APP_UID,
+        "read_only": True,
+        # Chainlit writes these at start and deletes .files on stop: per-instance scratch space.
+        "tmpfs": ["/app/.files:mode=1777", "/app/.chainlit:mode=1777", "/tmp:mode=1777"],
+        "env_file": [".env"],  # CHAINLIT_AUTH_SECRET, REDIS_PASSWORD, CL_SCALE_WORKER_KEYS
+        "environment": env,
+        "expose": [port],
+        "healthcheck": {"test": ["CMD", "python", "-c", probe], "interval": "10s", "timeout": "5s",
+                        "retries": 3, "start_period": "30s"},
+        "stop_grace_period": f"{values.drain.seconds + 15}s",
+        "restart": "unless-stopped",
+    }
+    if values.redis.enabled:
+        service["depends_on"] = {"redis": {"condition": "service_healthy"}}
+    return service
+
+
+def _nginx_service(values: Values) -> dict[str, Any]:
+    n = values.nginx
+    ports = [f"{n.listen}:{n.listen}"]
+    volumes = [f"./nginx:{_CONF_DIR}:ro"]
+    if n.tls.enabled:
+        ports.append(f"{n.tls.listen}:{n.tls.listen}")
+        for d in sorted({posixpath.dirname(n.tls.certificate), posixpath.dirname(n.tls.certificateKey)}):
+            volumes.append(f"./tls:{_lit(d)}:ro")
+            break  # one ./tls folder holds both files (mounted at the certificate's folder)
+    start = f"mkdir -p {_PREFIX}/run {_PREFIX}/logs && exec nginx -p {_PREFIX}/ -c {_CONF_DIR}/nginx.conf"
+    return {
+        "image": NGINX_IMAGE,
+        "command": ["sh", "-c", start],
+        "read_only": True,
+        "tmpfs": [_PREFIX, "/var/cache/nginx", "/var/run"],
+        "volumes": volumes,
+        "ports": ports,
+        "depends_on": {name: {"condition": "service_started"} for name in service_names(values)},
+        "restart": "unless-stopped",
+    }
+
+
+def compose_dict(values: Values) -> dict[str, Any]:
+    services: dict[str, Any] = {}
+    if values.redis.enabled:
+        services["redis"] = _redis_service(values)
+    for name in service_names(values):
+        services[name] = _app_service(values, name)
+    services["nginx"] = _nginx_service(values)
+    doc: dict[str, Any] = {"name": values.name, "services": services}
+    if values.redis.enabled:
+        doc["volumes"] = {"redis-data": {}}
+    return doc
+
+
+HEADER = """\
+# Generated by cl-scale (compose target). Start:  cp .env.example .env  (fill it), then
+#   docker compose up -d
+# Build the app image first from the generated Dockerfile (tag = app.image in cl-scale.yaml).
+"""
+
+
+def render(values: Values) -> dict[str, str]:
+    """``compose.yaml`` + the nginx config it mounts (upstreams ``app-i:port``) + ``.env.example``."""
+    text = HEADER + yaml.safe_dump(compose_dict(values), sort_keys=False, default_flow_style=False,
+                                   width=10_000, allow_unicode=True)
+    upstreams = [f"{name}:{values.app.port}" for name in service_names(values)]
+    files = {"compose.yaml": text, ".env.example": env_example(values)}
+    for path, body in nginx_render.render(values, upstreams, stdio_logs=True).items():
+        if path.endswith(".gitignore"):
+            continue  # the container prefix is a tmpfs; run/ and logs/ are made at start
+        files[f"nginx/{path}"] = body
+    return files

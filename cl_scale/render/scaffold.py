@@ -1,0 +1,53 @@
+"""Project scaffold written by ``cl-scale init``: Dockerfile, .dockerignore, .env.example,
+loadtest/ and (only when the user has none) a starter ``app.py``.
+
+Why templates with ``tojson``: the Dockerfile's exec-form ``CMD`` is a JSON array, so the module
+path goes in as JSON and cannot break the line whatever it contains.
+"""
+
+from __future__ import annotations
+
+import jinja2
+
+from cl_scale import __version__
+from cl_scale.config.values import Values
+from cl_scale.render import templates_dir
+
+# Secrets every target reads from .env (compose) or the auth.secretName Secret (k8s).
+SECRET_KEYS = {
+    "CHAINLIT_AUTH_SECRET": "required: signs Chainlit auth tokens; generate with `chainlit create-secret`",
+    "REDIS_PASSWORD": "required with the bundled Redis: any long random string",
+    "CL_SCALE_WORKER_KEYS": "optional: comma-separated keys for workers pushing messages (SDK, cl-scale send)",
+}
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir() / "scaffold")),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def env_example(values: Values) -> str:
+    """Keys with EMPTY values: secrets are never rendered."""
+    lines = ["# Copy to .env and fill in. Never commit .env.", ""]
+    for key, why in SECRET_KEYS.items():
+        lines += [f"# {why}", f"{key}=", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def starter_app() -> str:
+    return _env().get_template("app.py.j2").render()
+
+
+def render(values: Values) -> dict[str, str]:
+    env = _env()
+    cmd = [values.app.module, "--host", "0.0.0.0", "--port", str(values.app.port)]
+    return {
+        "Dockerfile": env.get_template("Dockerfile.j2").render(values=values, cmd=cmd, version=__version__),
+        ".dockerignore": env.get_template("dockerignore.j2").render(),
+        ".env.example": env_example(values),
+        "loadtest/README.md": env.get_template("loadtest/README.md.j2").render(values=values),
+    }
