@@ -38,6 +38,9 @@ def _root() -> None:
 # Command modules register themselves on ``app`` when imported.
 from cl_scale.cli import render_cmds  # noqa: E402,F401
 from cl_scale.cli import runtime_cmds  # noqa: E402,F401
+from cl_scale.cli import worker_cmds  # noqa: E402,F401
+from cl_scale.cli import cluster_cmds  # noqa: E402,F401
+from cl_scale.cli import load_cmds  # noqa: E402,F401
 
 
 def fail(message: str) -> "typer.Exit":

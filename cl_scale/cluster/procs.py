@@ -197,9 +197,11 @@ class Nginx:
 
         values = load_values([], [f"nginx.listen={self.port}", f"sticky.mode={self.sticky}",
                                   f"replicas={len(self.upstreams)}", *self.sets])
-        files = nginx.render(values, upstreams=self.upstreams)
-        self.prefix.mkdir(parents=True, exist_ok=True)
-        (self.prefix / "nginx.conf").write_text(files["nginx.conf"])
+        files = nginx.render(values, upstreams=self.upstreams, listen_host="127.0.0.1")
+        for rel, text in files.items():
+            target = self.prefix / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(binary).exists():
             from cl_scale.errors import UserError
