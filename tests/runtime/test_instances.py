@@ -166,3 +166,60 @@ async def _eventually(predicate, timeout: float) -> None:
         if loop.time() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.2)
+
+
+async def test_stalled_redis_never_blocks_local_chat_or_local_emits(cluster):
+    """SIGSTOP Redis (connections stay open, nothing answers): local work must not wait on it."""
+    import os
+    import signal
+
+    a, b = cluster.start(2).instances
+    alice = await started(ChainlitClient(a.url))
+    carol = await started(ChainlitClient(a.url))  # same instance as alice: a relay is a local emit
+    bob = await started(ChainlitClient(b.url))
+    os.kill(cluster.redis.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            assert f"count={i + 1}" in (await alice.ask(f"stalled {i}", contains="count=", timeout=15))["output"]
+        await carol.ask(f"relay {alice.session_id} local-during-stall", contains="relayed", timeout=15)
+        got = await alice.wait_for(lambda: [d for _, e, d in alice.events if e == "cl-scale"], 10)
+        assert got[0]["text"] == "local-during-stall"
+        await _eventually(lambda: http_status(f"{a.url}/readyz") == 503, 15)
+    finally:
+        os.kill(cluster.redis.proc.pid, signal.SIGCONT)
+    try:
+        await _eventually(lambda: http_status(f"{a.url}/readyz") == 200 and http_status(f"{b.url}/readyz") == 200, 15)
+        await bob.ask(f"relay {alice.session_id} cross-after-stall", contains="relayed")
+        await alice.wait_for(lambda: len([e for _, e, _ in alice.events if e == "cl-scale"]) == 2, 10)
+        assert a.proc.alive() and b.proc.alive()
+    finally:
+        for c in (alice, carol, bob):
+            await c.close()
+
+
+async def test_instance_started_before_redis_waits_not_ready_then_serves(app_dir, tmp_path):
+    """Redis unreachable at start: the process stays up and not-ready, and serves once Redis comes."""
+    from tests.support.servers import Instance, RedisServer, free_port
+
+    redis = RedisServer(tmp_path / "late-redis", port=free_port())
+    (tmp_path / "late-redis").mkdir()
+    inst = Instance(app_dir, redis.url, "early").start()
+    try:
+        inst.wait_ready(path="/healthz")
+        await _eventually(lambda: http_status(f"{inst.url}/readyz") == 503, 10)
+        assert inst.proc.alive()
+        redis.start()
+        inst.wait_ready(timeout=20)
+        client = await started(ChainlitClient(inst.url))
+        try:
+            emitter = RedisEmitter(redis.url)
+            try:
+                assert await emitter.emit_to_session(client.session_id, "cl-scale", {"text": "late"}) == 1
+            finally:
+                await emitter.aclose()
+            await client.wait_for(lambda: [e for _, e, _ in client.events if e == "cl-scale"], 10)
+        finally:
+            await client.close()
+    finally:
+        inst.kill()
+        redis.stop()
