@@ -131,7 +131,9 @@ class ChainlitHooks:
 
     def __init__(self, runtime):
         self.rt = runtime
-        self._pending: set[str] = set()
+        self._pending: set[str] = set()  # a write is queued
+        self._flushing: set[str] = set()  # a write is in flight
+        self._again: set[str] = set()  # changed while in flight: write once more after
         self._locks: dict[str, asyncio.Lock] = {}
         self._warned_keys: set[str] = set()
         self._changes: dict[str, _ContextChanges] = {}
@@ -366,20 +368,34 @@ class ChainlitHooks:
         self.schedule_save(session.id)
 
     def schedule_save(self, session_id: str) -> None:
+        """Write soon, coalesced: at most one write in flight and one queued per session, so the
+        several changes one reply makes (user message, user_session values, the reply) cost one or
+        two Redis writes, and a change is in Redis about as soon as the client sees its effect."""
+        if session_id in self._flushing:
+            self._again.add(session_id)
+            return
         if session_id in self._pending:
             return
-        self._pending.add(session_id)
         try:
-            asyncio.get_running_loop().create_task(self._flush(session_id))
+            loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._pending.discard(session_id)
+            return
+        self._pending.add(session_id)
+        loop.call_soon(lambda: loop.create_task(self._flush(session_id)))
 
     async def _flush(self, session_id: str) -> None:
         from chainlit.session import WebsocketSession
 
         self._pending.discard(session_id)
-        if session := WebsocketSession.get_by_id(session_id):
-            await self.save(session)
+        self._flushing.add(session_id)
+        try:
+            if session := WebsocketSession.get_by_id(session_id):
+                await self.save(session)
+        finally:
+            self._flushing.discard(session_id)
+        if session_id in self._again:
+            self._again.discard(session_id)
+            self.schedule_save(session_id)
 
     async def save(self, session, *, connected: bool = True, claim: bool = False) -> None:
         from chainlit.chat_context import chat_contexts
