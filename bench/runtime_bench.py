@@ -37,29 +37,53 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def measure(url: str, echoes: int, streams: int, tokens: int) -> dict:
-    client = ChainlitClient(url)
-    await client.connect()
-    await client.wait_for(lambda: client.messages(), 20)
-    for i in range(10):  # warm-up
-        await client.ask(f"w{i}", contains=f"echo=w{i}")
-    rtts = []
-    for i in range(echoes):
-        t0 = time.perf_counter()
-        await client.ask(f"e{i}", contains=f"echo=e{i}", timeout=30)
-        rtts.append((time.perf_counter() - t0) * 1000)
-    stream_times = []
-    for _ in range(streams):
-        # The first token travels in stream_start, the others in stream_token.
-        target = client.counts.get("stream_start", 0) + client.counts.get("stream_token", 0) + tokens
-        t0 = time.perf_counter()
-        await client.send(f"stream {tokens}")
-        await client.wait_for(lambda: client.counts.get("stream_start", 0) + client.counts.get("stream_token", 0)
-                              >= target, 120)
-        stream_times.append(time.perf_counter() - t0)
-    await client.close()
-    return {"echo_p50_ms": statistics.median(rtts), "echo_p99_ms": percentile(rtts, 0.99),
-            "stream_s": statistics.median(stream_times), "echo_samples": len(rtts), "stream_samples": len(stream_times)}
+async def echo_once(client: ChainlitClient, tag: str) -> float:
+    t0 = time.perf_counter()
+    await client.ask(tag, contains=f"echo={tag}", timeout=30)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def stream_once(client: ChainlitClient, tokens: int) -> float:
+    # The first token travels in stream_start, the others in stream_token.
+    seen = lambda: client.counts.get("stream_start", 0) + client.counts.get("stream_token", 0)  # noqa: E731
+    target = seen() + tokens
+    t0 = time.perf_counter()
+    await client.send(f"stream {tokens}")
+    await client.wait_for(lambda: seen() >= target, 120)
+    await client.wait_for(lambda: True, 1)
+    return time.perf_counter() - t0
+
+
+async def measure_interleaved(urls: dict[str, str], echoes: int, streams: int, tokens: int) -> dict:
+    """All setups run at once and are measured in alternating rounds (order rotated each round),
+    so machine noise — CPU steal, frequency changes — lands on every setup alike."""
+    clients = {}
+    for name, url in urls.items():
+        client = ChainlitClient(url)
+        await client.connect()
+        await client.wait_for(lambda c=client: c.messages(), 20)
+        for i in range(10):  # warm-up
+            await client.ask(f"w{i}", contains=f"echo=w{i}")
+        clients[name] = client
+    names = list(urls)
+    rtts = {n: [] for n in names}
+    stream_times = {n: [] for n in names}
+    rounds = 10
+    per_round = max(1, echoes // rounds)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            for i in range(per_round):
+                rtts[name].append(await echo_once(clients[name], f"r{r}e{i}"))
+    for s in range(streams):
+        order = names[s % len(names):] + names[:s % len(names)]
+        for name in order:
+            stream_times[name].append(await stream_once(clients[name], tokens))
+    for client in clients.values():
+        await client.close()
+    return {n: {"echo_p50_ms": statistics.median(rtts[n]), "echo_p99_ms": percentile(rtts[n], 0.99),
+                "stream_s": statistics.median(stream_times[n]), "echo_samples": len(rtts[n]),
+                "stream_samples": len(stream_times[n])} for n in names}
 
 
 def run_setup(name: str, tmp: Path, redis: RedisServer, n: int, kind: str) -> list[Instance]:
@@ -86,22 +110,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="few samples: checks the harness, not the figures")
     args = parser.parse_args()
-    echoes, streams, tokens = (30, 1, 2000) if args.quick else (300, 5, 2000)
+    echoes, streams, tokens = (30, 1, 2000) if args.quick else (500, 12, 2000)
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
+    setups = [("stock", 1, "stock"), ("stock-redis", 3, "stock-redis"), ("cl-scale", 3, "cl-scale")]
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         redis = RedisServer(tmp).start()
+        running: dict[str, list[Instance]] = {}
         try:
-            for name, n, kind in [("stock", 1, "stock"), ("stock-redis", 3, "stock-redis"), ("cl-scale", 3, "cl-scale")]:
-                instances = run_setup(name, tmp, redis, n, kind)
-                try:
-                    results[name] = {"instances": n, **asyncio.run(measure(instances[0].url, echoes, streams, tokens))}
-                finally:
-                    for inst in instances:
-                        inst.kill()
+            for name, n, kind in setups:
+                running[name] = run_setup(name, tmp, redis, n, kind)
+            # The client talks to instance 1 of each setup; its peers are live and subscribed.
+            measured = asyncio.run(measure_interleaved({name: insts[0].url for name, insts in running.items()},
+                                                       echoes, streams, tokens))
+            for name, n, _ in setups:
+                results[name] = {"instances": n, **measured[name]}
                 print(name, json.dumps(results[name]), flush=True)
         finally:
+            for insts in running.values():
+                for inst in insts:
+                    inst.kill()
             redis.stop()
     base, stock_redis, ours = results["stock"], results["stock-redis"], results["cl-scale"]
     report = {

@@ -40,9 +40,17 @@ REQUIRED = [
     ("chainlit.user_session", "UserSession"),
     ("chainlit.chat_context", "chat_contexts"),
     ("chainlit.chat_context", "ChatContext"),
+    ("chainlit.emitter", "ChainlitEmitter"),
     ("chainlit.context", "init_ws_context"),
     ("chainlit.config", "FILES_DIRECTORY"),
 ]
+# Longest a change made inside a running message handler waits before it is written to Redis; the
+# handler's end writes at once. Bounds what a SIGKILL during a long (streaming) reply can lose.
+IN_HANDLER_SAVE_DELAY = 0.5
+# Longest a reply waits for its session's state to be written (then it goes anyway; the write finishes
+# in the background). Normal loopback writes take well under a millisecond.
+COMMIT_WAIT_SECONDS = 0.05
+
 REQUIRED_HANDLERS = ("connect", "connection_successful", "disconnect", "client_message")
 
 
@@ -131,7 +139,9 @@ class ChainlitHooks:
 
     def __init__(self, runtime):
         self.rt = runtime
-        self._pending: set[str] = set()  # a write is queued
+        self._pending: dict[str, tuple[asyncio.TimerHandle, float]] = {}  # a write is queued (handle, delay)
+        self._in_handler: dict[str, int] = {}  # sessions with a message handler running
+        self._dirty: set[str] = set()  # changed since the last write started
         self._flushing: set[str] = set()  # a write is in flight
         self._again: set[str] = set()  # changed while in flight: write once more after
         self._locks: dict[str, asyncio.Lock] = {}
@@ -176,6 +186,27 @@ class ChainlitHooks:
         patch(us.UserSession, "set")
         for name in ("add", "remove", "clear"):
             patch(cc.ChatContext, name)
+
+        from chainlit.emitter import ChainlitEmitter
+
+        def commit_first(name):
+            original = getattr(ChainlitEmitter, name)
+
+            async def wrapper(self, step_dict, *args, **kwargs):
+                session = getattr(self, "session", None)
+                # Chat messages only: the run/tool steps around a handler are not what the user
+                # acts on, and committing for them would put one more write before every reply.
+                if (session is not None and getattr(session, "socket_id", None)
+                        and str((step_dict or {}).get("type", "")).endswith("_message")):
+                    await hooks.commit(session)
+                return await original(self, step_dict, *args, **kwargs)
+
+            wrapper.__wrapped__ = original
+            setattr(ChainlitEmitter, name, wrapper)
+
+        # What a reply shows the user is in Redis before the reply leaves (see ``commit``).
+        for name in ("send_step", "update_step", "delete_step", "stream_start"):
+            commit_first(name)
 
     # -- socket handlers ------------------------------------------------------------------------
     async def connect(self, sid, environ, auth=None):
@@ -250,10 +281,17 @@ class ChainlitHooks:
             await self.save(session)
 
     async def process_message(self, session, payload):
+        self._in_handler[session.id] = self._in_handler.get(session.id, 0) + 1
         try:
             await self._process_message(session, payload)
         finally:
-            await self.save(session)
+            left = self._in_handler.get(session.id, 1) - 1
+            if left > 0:
+                self._in_handler[session.id] = left
+            else:
+                self._in_handler.pop(session.id, None)
+            if session.id in self._dirty:
+                self.schedule_save(session.id)
 
     # -- snapshot / restore ---------------------------------------------------------------------
     def snapshot(self, session) -> dict:
@@ -358,6 +396,8 @@ class ChainlitHooks:
         if session is None or not hasattr(session, "socket_id"):
             return
         changes = self.context_changes(session.id)
+        self._dirty.add(session.id)
+        delay = IN_HANDLER_SAVE_DELAY if self._in_handler.get(session.id) else 0.0
         if what == "add" and args:
             changes.touch(args[0].id)
         elif what == "remove" and args:
@@ -365,28 +405,56 @@ class ChainlitHooks:
         elif what == "clear":
             changes.seq.clear()
             changes.reset = True
-        self.schedule_save(session.id)
+        self.schedule_save(session.id, delay)
 
-    def schedule_save(self, session_id: str) -> None:
-        """Write soon, coalesced: at most one write in flight and one queued per session, so the
-        several changes one reply makes (user message, user_session values, the reply) cost one or
-        two Redis writes, and a change is in Redis about as soon as the client sees its effect."""
+    async def commit(self, session) -> None:
+        """Issue the session's pending changes to Redis before a reply reaches the user, so a reply the
+        user has seen never outlives the state that produced it (a SIGKILL right after loses nothing).
+
+        The write is put on the wire, not awaited: Redis applies it long before the client can act on
+        the reply, and the reply does not wait a round trip. Only when another write of the same
+        session is still in flight do we wait for it, at most ``COMMIT_WAIT_SECONDS``."""
+        if session.id not in self._dirty:
+            return
+        queued = self._pending.pop(session.id, None)
+        if queued is not None:
+            queued[0].cancel()
+        self._again.discard(session.id)
+        lock = self._locks.get(session.id)
+        write = asyncio.ensure_future(self.save(session))
+        if lock is not None and lock.locked():
+            try:
+                await asyncio.wait_for(asyncio.shield(write), COMMIT_WAIT_SECONDS)
+            except asyncio.TimeoutError:
+                metrics.COMMIT_TIMEOUTS.inc()
+        else:
+            await asyncio.sleep(0)  # let the write run up to its first wait: the command is sent
+
+    def schedule_save(self, session_id: str, delay: float = 0.0) -> None:
+        """Write soon, coalesced: at most one write in flight and one queued per session. While a
+        message handler runs its changes wait up to ``IN_HANDLER_SAVE_DELAY`` (the handler's end
+        writes them at once), so one reply costs about one Redis write, yet a long streaming
+        handler's state still reaches Redis while it runs."""
         if session_id in self._flushing:
             self._again.add(session_id)
             return
-        if session_id in self._pending:
-            return
+        queued = self._pending.get(session_id)
+        if queued is not None:
+            handle, queued_delay = queued
+            if delay > 0 or queued_delay == 0:
+                return
+            handle.cancel()  # an immediate write supersedes a delayed one
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._pending.add(session_id)
-        loop.call_soon(lambda: loop.create_task(self._flush(session_id)))
+        handle = loop.call_later(delay, lambda: loop.create_task(self._flush(session_id)))
+        self._pending[session_id] = (handle, delay)
 
     async def _flush(self, session_id: str) -> None:
         from chainlit.session import WebsocketSession
 
-        self._pending.discard(session_id)
+        self._pending.pop(session_id, None)
         self._flushing.add(session_id)
         try:
             if session := WebsocketSession.get_by_id(session_id):
@@ -402,6 +470,7 @@ class ChainlitHooks:
 
         lock = self._locks.setdefault(session.id, asyncio.Lock())
         async with lock:
+            self._dirty.discard(session.id)
             changes = self.context_changes(session.id)
             if claim:
                 changes.reset = True  # a new owner rewrites the context once
@@ -414,13 +483,21 @@ class ChainlitHooks:
                     changes.touch(message.id)
                 changes.dirty.clear()
                 dirty = set(changes.seq)
-            upserts = {m.id: {**m.to_dict(), "_seq": changes.seq.get(m.id, 0)} for m in messages if m.id in dirty}
+            upserts = {}
+            remaining = set(dirty)
+            for m in reversed(messages):  # changes are almost always at the end of a long context
+                if not remaining:
+                    break
+                if m.id in remaining:
+                    remaining.discard(m.id)
+                    upserts[m.id] = {**m.to_dict(), "_seq": changes.seq.get(m.id, 0)}
             try:
                 saved = await self.rt.store.save(self.snapshot(session), socket=session.socket_id,
                                                  connected=connected, claim=claim, upserts=upserts,
                                                  removed=removed, reset_context=reset)
                 if not saved:
                     changes.reset = True  # Redis was unreachable: rewrite everything next time
+                    self._dirty.add(session.id)
             except NotOwner:
                 log.info("session %s is owned by a peer now; dropping the local copy", session.id)
                 self.forget(session)

@@ -25,6 +25,9 @@ from cl_scale.runtime.redis_conn import connect
 log = logging.getLogger("cl_scale.manager")
 
 
+_LOCAL_EMITS = metrics.EMITS.labels("local")  # resolved once: this is the per-token hot path
+
+
 class LocalFirstRedisManager(AsyncRedisManager):
     name = "cl-scale"
 
@@ -78,7 +81,7 @@ class LocalFirstRedisManager(AsyncRedisManager):
         room = to or room
         namespace = namespace or "/"
         if kwargs.get("ignore_queue") or self._is_local_socket(namespace, room):
-            metrics.EMITS.labels("local").inc()
+            _LOCAL_EMITS.inc()
             return await AsyncManager.emit(self, event, data, namespace=namespace, room=room,
                                            skip_sid=skip_sid, callback=callback)
         # Room emit: deliver locally, then to the instances that hold members of the room.

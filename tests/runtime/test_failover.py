@@ -56,7 +56,7 @@ async def test_sigkill_one_instance_sessions_survive_through_nginx(cluster):
         after = await chat_round(clients, "three")
         for client, b, a in zip(clients, before, after):
             assert a["thread"] == b["thread"]
-            assert int(a["count"]) == int(b["count"]) + 1 == 3
+            assert int(a["count"]) == int(b["count"]) + 1 == 3, (client in victims, b, a)
             assert int(a["history"]) == int(b["history"]) + 2
             assert len(starts(client)) == 1, "on_chat_start ran again"
         assert all(a["instance"] != victim_name for a in after)
