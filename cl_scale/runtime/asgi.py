@@ -25,6 +25,14 @@ async def _respond(send, status: int, body: bytes, content_type: bytes = b"appli
     await send({"type": "http.response.body", "body": body})
 
 
+INSTANCE_HEADER = b"x-cl-scale-instance"
+
+
+def _new_engineio_handshake(scope) -> bool:
+    """An Engine.IO request that would open a new connection here (no ``sid`` yet)."""
+    return scope["path"].startswith("/ws/socket.io") and b"sid=" not in scope.get("query_string", b"")
+
+
 class InstanceApp:
     def __init__(self, instance, chainlit_app):
         self.instance = instance
@@ -47,7 +55,24 @@ class InstanceApp:
                 return await _respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
             if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
                 return await self._maybe_forward(scope, receive, send)
+            if self.instance.draining and _new_engineio_handshake(scope):
+                # nginx (proxy_next_upstream http_503) retries the handshake on a peer.
+                return await _respond(send, 503, b'{"error":"instance draining"}')
+            return await self.app(scope, receive, self._tag(send))
+        if scope["type"] == "websocket" and self.instance.draining and _new_engineio_handshake(scope):
+            return await send({"type": "websocket.close", "code": 1013})  # try again later (elsewhere)
         return await self.app(scope, receive, send)
+
+    def _tag(self, send):
+        """Name the instance on every HTTP response (doctor's stickiness check, debugging)."""
+        header = (INSTANCE_HEADER, self.instance.settings.instance_id.encode())
+
+        async def tagged(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        return tagged
 
     def _lifespan_receive(self, receive):
         """Run cl-scale's start-up/shutdown around Chainlit's lifespan (which ends in ``os._exit``)."""

@@ -407,6 +407,17 @@ class ChainlitHooks:
             changes.reset = True
         self.schedule_save(session.id, delay)
 
+    def busy(self) -> int:
+        """Sessions with a reply or ``on_chat_start`` still running (what a drain waits for)."""
+        from chainlit.session import ws_sessions_id
+
+        running = {sid for sid, n in self._in_handler.items() if n > 0}
+        for session in ws_sessions_id.values():
+            task = getattr(session, "current_task", None)
+            if task is not None and not task.done():
+                running.add(session.id)
+        return len(running)
+
     async def commit(self, session) -> None:
         """Issue the session's pending changes to Redis before a reply reaches the user, so a reply the
         user has seen never outlives the state that produced it (a SIGKILL right after loses nothing).

@@ -113,6 +113,32 @@ class Instance:
 
         return WebsocketSession.get_by_id(session_id) is not None
 
+    # -- graceful drain (SIGTERM) ---------------------------------------------------------------
+    async def drain(self, seconds: float) -> None:
+        """Leave without losing anyone: fail readiness now, let in-flight replies finish (up to
+        ``seconds``), write every session to Redis; then the server shuts down and clients reconnect
+        by themselves — through the balancer, to a peer that restores them."""
+        from chainlit.session import ws_sessions_id
+
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        log.info("draining: readiness off, %d sessions, waiting up to %ss for in-flight work",
+                 len(ws_sessions_id), seconds)
+        while loop.time() < deadline and self.hooks.busy():
+            await asyncio.sleep(0.1)
+        if self.hooks.busy():
+            log.warning("drain timeout: %d sessions still busy; their replies are cut short",
+                        self.hooks.busy())
+        for session in list(ws_sessions_id.values()):
+            await self.hooks.save(session)
+        sockets = len(self.manager.rooms.get("/", {}).get(None, {}))
+        metrics.DRAINED.inc(sockets)
+        # uvicorn's shutdown, which follows, closes the websockets with 1012 ("service restart"):
+        # to every Socket.IO client that is a lost transport, so it reconnects, through the
+        # balancer, to a peer. (A Socket.IO-level disconnect would tell clients *not* to reconnect.)
+        log.info("drained: %d sockets handed over", sockets)
+
     # -- health ---------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict]:
         lag = time.monotonic() - self.manager.listener_alive_at if self.manager.listener_alive_at else None

@@ -78,11 +78,54 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     deflate = os.environ.get("UVICORN_WS_PER_MESSAGE_DEFLATE", "true").lower() in ("true", "1", "yes")
 
     async def serve():
-        server = uvicorn.Server(uvicorn.Config(
+        server = _server_class()(uvicorn.Config(
             asgi_app, host=settings.host, port=settings.port, ws=os.environ.get("UVICORN_WS_PROTOCOL", "auto"),
             log_level="debug" if debug else "warning", ws_per_message_deflate=deflate,
             ssl_keyfile=os.environ.get("CHAINLIT_SSL_KEY"), ssl_certfile=os.environ.get("CHAINLIT_SSL_CERT"),
-            timeout_graceful_shutdown=settings.drain_seconds))
+            timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
         await server.serve()
 
     asyncio.run(serve())
+
+
+# After the drain has handed every client over, uvicorn only closes what is left.
+SHUTDOWN_AFTER_DRAIN_SECONDS = 5
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, but the first SIGTERM/SIGINT drains the instance before shutting down;
+        a second one exits at once (uvicorn's own behaviour)."""
+
+        def __init__(self, config, instance):
+            super().__init__(config)
+            self.instance = instance
+            self._drain: asyncio.Task | None = None
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):
+            if self._drain is None and self._loop is not None and not self.should_exit:
+                self._loop.call_soon_threadsafe(self._start_drain)
+                return
+            super().handle_exit(sig, frame)
+
+        def _start_drain(self):
+            if self._drain is None:
+                self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+        async def _drain_then_exit(self):
+            try:
+                await self.instance.drain(self.instance.settings.drain_seconds)
+            except Exception:
+                logging.getLogger("cl_scale.instance").exception("drain failed; shutting down anyway")
+            finally:
+                self.should_exit = True
+
+    return DrainingServer
+

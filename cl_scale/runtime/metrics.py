@@ -12,6 +12,8 @@ SOCKETS = Gauge("clscale_sockets", "Socket.IO connections on this instance", reg
 RESTORED = Counter("clscale_sessions_restored_total", "Sessions rehydrated from Redis after a move", registry=REGISTRY)
 STORE_ERRORS = Counter("clscale_session_store_errors_total", "Session snapshot reads/writes that failed",
                        registry=REGISTRY)
+DRAINED = Counter("clscale_drained_sockets_total", "Sockets closed by a graceful drain (clients reconnect to a peer)",
+                  registry=REGISTRY)
 COMMIT_TIMEOUTS = Counter("clscale_session_commit_timeouts_total",
                           "Replies sent before their session state was confirmed in Redis (Redis slow)",
                           registry=REGISTRY)

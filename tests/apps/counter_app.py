@@ -37,6 +37,11 @@ async def on_message(message: cl.Message):
         _, target, payload = text.split(" ", 2)
         await cl_scale.emit_to_session(target, "cl-scale", {"text": payload, "from": INSTANCE})
         text = "relayed"
+    elif text.startswith("slow "):  # an in-flight reply that a graceful drain must let finish
+        import asyncio
+
+        await asyncio.sleep(float(text.split()[1]))
+        text = "slow-done"
     elif text.startswith("stream"):
         n = int(text.split()[1]) if " " in text else 50
         msg = cl.Message(content="")
