@@ -281,6 +281,10 @@ class ChainlitHooks:
             await self.save(session)
 
     async def process_message(self, session, payload):
+        if self.rt.closing:
+            metrics.REFUSED_WHILE_CLOSING.inc()
+            log.info("session %s: message not started, instance closing (client re-sends)", session.id)
+            return
         self._in_handler[session.id] = self._in_handler.get(session.id, 0) + 1
         try:
             await self._process_message(session, payload)

@@ -36,7 +36,8 @@ class Instance:
                                               prefix=settings.prefix, redis_timeout=settings.redis_timeout,
                                               heartbeat_seconds=settings.heartbeat_seconds)
         self.hooks = ChainlitHooks(self)
-        self.draining = False
+        self.draining = False  # readiness off; still serving its clients
+        self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self.sio = None
@@ -127,6 +128,12 @@ class Instance:
                  len(ws_sessions_id), seconds)
         while loop.time() < deadline and self.hooks.busy():
             await asyncio.sleep(0.1)
+        # From here on a message that races in is not started (its client re-sends it after the
+        # reconnect), so no reply can be half-done when the sockets close.
+        self.closing = True
+        settle = loop.time() + 2.0
+        while loop.time() < min(deadline, settle) and self.hooks.busy():
+            await asyncio.sleep(0.05)
         if self.hooks.busy():
             log.warning("drain timeout: %d sessions still busy; their replies are cut short",
                         self.hooks.busy())

@@ -14,6 +14,8 @@ STORE_ERRORS = Counter("clscale_session_store_errors_total", "Session snapshot r
                        registry=REGISTRY)
 DRAINED = Counter("clscale_drained_sockets_total", "Sockets closed by a graceful drain (clients reconnect to a peer)",
                   registry=REGISTRY)
+REFUSED_WHILE_CLOSING = Counter("clscale_messages_refused_closing_total",
+                                "Client messages not started because the instance was closing", registry=REGISTRY)
 COMMIT_TIMEOUTS = Counter("clscale_session_commit_timeouts_total",
                           "Replies sent before their session state was confirmed in Redis (Redis slow)",
                           registry=REGISTRY)
