@@ -1,0 +1,330 @@
+"""The worker SDK: put messages into users' chats from any process, without Chainlit.
+
+``Publisher`` appends signed entries to the target session's Redis stream (its outbox); the instance
+that owns the session delivers them through Chainlit's ``Message.send()``. While Redis is unreachable,
+accepted messages wait in a bounded in-process buffer and are retried in order with backoff;
+``BufferFull`` is raised, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import threading
+import time
+
+import redis.exceptions
+
+from cl_scale.worker import protocol as p
+
+log = logging.getLogger("cl_scale.worker")
+
+# KEYS: stream, dlq, outbox index. ARGV: kid, body, sig, max entries, ttl, now, session, wake channel.
+_PUBLISH = """
+local n = redis.call('XLEN', KEYS[1])
+if n >= tonumber(ARGV[4]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',
+             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'session', ARGV[7],
+             'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3], 'at', ARGV[6])
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3])
+pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], 'deliver', '0')
+redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
+redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[7])
+return 1
+"""
+_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, asyncio.TimeoutError)
+
+
+class DeliveryError(Exception):
+    """Base of every error the SDK raises."""
+
+
+class MessageTooLarge(DeliveryError, ValueError):
+    pass
+
+
+class BufferFull(DeliveryError):
+    """Redis has been unreachable long enough that the bounded retry buffer is full."""
+
+
+class OutboxFull(DeliveryError):
+    """The session's outbox is at its bound; the message went to the dead-letter stream."""
+
+
+class Publisher:
+    """Async SDK. ``max_buffer`` bounds messages held in memory while Redis is down."""
+
+    def __init__(self, redis_url: str, key_id: str, key: str | bytes, *, prefix: str = "clscale",
+                 author: str = "Worker", max_buffer: int = 10_000, outbox_max: int = 1000,
+                 outbox_ttl: float = 3600, max_bytes: int = p.MAX_BYTES, timeout: float = 2.0):
+        from cl_scale.runtime.redis_conn import connect
+
+        self.redis = connect(redis_url, timeout=timeout)
+        self.kid, self._secret = key_id, p.to_bytes(key)
+        self.prefix, self.author = prefix, author
+        self.max_buffer, self.outbox_max, self.outbox_ttl, self.max_bytes = max_buffer, outbox_max, outbox_ttl, max_bytes
+        self._script = self.redis.register_script(_PUBLISH)
+        self._buffer: collections.deque[tuple] = collections.deque()
+        self._flusher: asyncio.Task | None = None
+        self.last_error: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"Publisher(kid={self.kid!r}, prefix={self.prefix!r})"
+
+    async def __aenter__(self) -> "Publisher":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    # -- public API -------------------------------------------------------------------------------
+    async def send(self, session_id: str, text: str, message_id: str | None = None, author: str | None = None,
+                   elements: list[dict] | None = None) -> str:
+        mid = message_id or p.new_id()
+        await self._publish(self._body(session_id, "message", mid, mid, text, author, elements))
+        return mid
+
+    async def update(self, session_id: str, message_id: str, text: str, author: str | None = None) -> str:
+        await self._publish(self._body(session_id, "update", f"{message_id}:u:{p.new_id()}", message_id, text, author))
+        return message_id
+
+    async def remove(self, session_id: str, message_id: str) -> str:
+        await self._publish(self._body(session_id, "remove", f"{message_id}:rm", message_id, ""))
+        return message_id
+
+    async def send_many(self, items: list[dict]) -> list[str]:
+        """Batch: ``[{"session_id", "text", "message_id"?, "author"?, "elements"?}]`` in one pipeline."""
+        bodies, mids = [], []
+        for item in items:
+            mid = item.get("message_id") or p.new_id()
+            mids.append(mid)
+            bodies.append(self._body(item["session_id"], "message", mid, mid, item["text"], item.get("author"),
+                                     item.get("elements")))
+        await self._publish(*bodies)
+        return mids
+
+    async def send_to_user(self, identifier: str, text: str, message_id: str | None = None,
+                           author: str | None = None, elements: list[dict] | None = None) -> str:
+        return await self._fan_out(p.Target(user=identifier), f"{self.prefix}:wk:user:{identifier}", text,
+                                   message_id, author, elements)
+
+    async def send_to_thread(self, thread_id: str, text: str, message_id: str | None = None,
+                             author: str | None = None, elements: list[dict] | None = None) -> str:
+        return await self._fan_out(p.Target(thread=thread_id), f"{self.prefix}:wk:thread:{thread_id}", text,
+                                   message_id, author, elements)
+
+    def stream(self, session_id: str, author: str | None = None, message_id: str | None = None) -> "Stream":
+        return Stream(self, session_id, author, message_id or p.new_id())
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every buffered message reached Redis (raises DeliveryError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while self._buffer:
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            if time.monotonic() > deadline:
+                raise DeliveryError(f"{len(self._buffer)} messages still buffered after {timeout}s: "
+                                    f"Redis unreachable ({self.last_error})")
+            await asyncio.sleep(0.05)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        try:
+            await self.flush(timeout)
+        finally:
+            if self._flusher is not None:
+                self._flusher.cancel()
+            await self.redis.aclose()
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
+              elements: list[dict] | None = None, target: p.Target | None = None) -> p.Body:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        if not isinstance(text, str):
+            raise ValueError("text must be a string")
+        if len(text.encode()) > self.max_bytes:
+            raise MessageTooLarge(f"message {mid}: {len(text.encode())} bytes (max {self.max_bytes})")
+        return p.Body(eid=eid, mid=mid, kind=kind, session=session_id, target=target or p.Target(session=session_id),
+                      ts=time.time(), author=author or self.author, content=text,
+                      elements=[p.Element(**e) for e in elements or []])
+
+    def _args(self, body: p.Body) -> tuple[list, list]:
+        raw = p.canonical(body)
+        if len(raw) > self.max_bytes + 4096:
+            raise MessageTooLarge(f"message {body.mid}: {len(raw)} bytes with elements (max {self.max_bytes})")
+        keys = [p.stream_key(self.prefix, body.session), p.dlq_key(self.prefix), f"{self.prefix}:wk:outboxes"]
+        args = [self.kid, raw, p.sign(self._secret, raw), self.outbox_max, int(self.outbox_ttl), f"{time.time():.3f}",
+                body.session, f"{self.prefix}:wk:wake"]
+        return keys, args
+
+    async def _publish(self, *bodies: p.Body) -> None:
+        prepared = [self._args(b) for b in bodies]  # validation errors before anything is sent
+        if self._buffer:
+            return self._enqueue(prepared)
+        try:
+            results = await self._run(prepared)
+        except _TRANSIENT as exc:
+            self.last_error = exc
+            log.warning("Redis unreachable (%s): buffering %d messages", exc.__class__.__name__, len(prepared))
+            return self._enqueue(prepared)
+        self._check(results, bodies)
+
+    async def _run(self, prepared) -> list:
+        if len(prepared) == 1:
+            keys, args = prepared[0]
+            return [await self._script(keys=keys, args=args)]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in prepared:
+            self._script(keys=keys, args=args, client=pipe)
+        return await pipe.execute()
+
+    def _check(self, results, bodies) -> None:
+        full = [b.mid for r, b in zip(results, bodies) if r == 0]
+        if full:
+            raise OutboxFull(f"outbox of session {bodies[0].session} is full: {len(full)} message(s) dead-lettered "
+                             f"(replay with `cl-scale dlq replay`)")
+
+    def _enqueue(self, prepared) -> None:
+        if len(self._buffer) + len(prepared) > self.max_buffer:
+            raise BufferFull(f"Redis unreachable ({self.last_error}) and the retry buffer is full "
+                             f"({len(self._buffer)}/{self.max_buffer} messages): message not accepted")
+        self._buffer.extend(prepared)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        """Retry the head of the buffer with exponential backoff (50 ms .. 2 s), in order."""
+        delay = 0.05
+        while self._buffer:
+            batch = [self._buffer[i] for i in range(min(100, len(self._buffer)))]
+            try:
+                results = await self._run(batch)
+            except _TRANSIENT as exc:
+                self.last_error = exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for _ in batch:
+                self._buffer.popleft()
+            delay = 0.05
+            full = sum(1 for r in results if r == 0)
+            if full:
+                log.warning("%d buffered messages hit a full outbox: dead-lettered", full)
+
+    async def _fan_out(self, target: p.Target, index: str, text, message_id, author, elements) -> str:
+        mid = message_id or p.new_id()
+        members = [m.decode() for m in await self.redis.smembers(index)]
+        live = []
+        if members:
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in members:
+                pipe.exists(f"{self.prefix}:session:{{{sid}}}")
+            live = [sid for sid, ok in zip(members, await pipe.execute()) if ok]
+            gone = set(members) - set(live)
+            if gone:
+                await self.redis.srem(index, *gone)
+        if not live:
+            body = self._body(target.user or target.thread or "?", "message", mid, mid, text, author, elements, target)
+            raw = p.canonical(body)
+            await self.redis.xadd(p.dlq_key(self.prefix), {
+                "reason": f"no live session for {'user' if target.user else 'thread'} "
+                          f"{target.user or target.thread!r}", "session": "", "kid": self.kid, "body": raw,
+                "sig": p.sign(self._secret, raw), "at": f"{time.time():.3f}"}, maxlen=100_000, approximate=True)
+            return mid
+        await self._publish(*[self._body(sid, "message", mid, mid, text, author, elements, target) for sid in live])
+        return mid
+
+
+class Stream:
+    """Tokens of one message; the end carries the full text, so a partial stream is always completed."""
+
+    def __init__(self, pub: Publisher, session_id: str, author: str | None, message_id: str):
+        self.pub, self.session_id, self.author, self.id = pub, session_id, author, message_id
+        self._parts: list[str] = []
+        self._ended = False
+
+    async def __aenter__(self) -> "Stream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.end()
+
+    async def token(self, text: str) -> None:
+        if self._ended:
+            raise DeliveryError(f"stream {self.id} already ended")
+        self._parts.append(text)
+        await self.pub._publish(self.pub._body(self.session_id, "token", f"{self.id}:{len(self._parts)}", self.id,
+                                               text, self.author))
+
+    async def end(self) -> str:
+        if not self._ended:
+            self._ended = True
+            await self.pub._publish(self.pub._body(self.session_id, "stream_end", f"{self.id}:end", self.id,
+                                                   "".join(self._parts), self.author))
+        return self.id
+
+
+class SyncPublisher:
+    """Blocking wrapper (scripts, threads): runs a Publisher on its own event loop thread."""
+
+    def __init__(self, redis_url: str, key_id: str, key: str | bytes, **options):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cl-scale-publisher", daemon=True)
+        self._thread.start()
+        self._pub = self._call(self._make(redis_url, key_id, key, options))
+
+    @staticmethod
+    async def _make(redis_url, key_id, key, options) -> Publisher:
+        return Publisher(redis_url, key_id, key, **options)
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> "SyncPublisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, session_id: str, text: str, **kw) -> str:
+        return self._call(self._pub.send(session_id, text, **kw))
+
+    def send_to_user(self, identifier: str, text: str, **kw) -> str:
+        return self._call(self._pub.send_to_user(identifier, text, **kw))
+
+    def send_to_thread(self, thread_id: str, text: str, **kw) -> str:
+        return self._call(self._pub.send_to_thread(thread_id, text, **kw))
+
+    def update(self, session_id: str, message_id: str, text: str, **kw) -> str:
+        return self._call(self._pub.update(session_id, message_id, text, **kw))
+
+    def remove(self, session_id: str, message_id: str) -> str:
+        return self._call(self._pub.remove(session_id, message_id))
+
+    def send_many(self, items: list[dict]) -> list[str]:
+        return self._call(self._pub.send_many(items))
+
+    def stream_tokens(self, session_id: str, tokens, author: str | None = None, message_id: str | None = None) -> str:
+        async def run():
+            async with self._pub.stream(session_id, author=author, message_id=message_id) as s:
+                for tok in tokens:
+                    await s.token(tok)
+            return s.id
+
+        return self._call(run())
+
+    def close(self) -> None:
+        try:
+            self._call(self._pub.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
