@@ -24,8 +24,11 @@ CHAINLIT_EVENTS = ("new_message", "update_message", "stream_start", "stream_toke
 class ChainlitClient:
     def __init__(self, url: str, session_id: str | None = None, *, thread_id: str | None = None,
                  source_address: str | None = None, transports=("websocket",), cookies: dict | None = None,
-                 reconnection: bool = True, client_type: str = "webapp"):
+                 reconnection: bool = True, client_type: str = "webapp", trace_configs: list | None = None,
+                 headers: dict | None = None):
         self.url = url.rstrip("/")
+        self.trace_configs = trace_configs  # aiohttp request tracing (doctor reads response headers)
+        self.headers = dict(headers or {})  # sent on every request (e.g. the header a balancer hashes)
         self.session_id = session_id or str(uuid.uuid4())
         self.thread_id = thread_id
         self.source_address = source_address
@@ -49,7 +52,8 @@ class ChainlitClient:
             connector = aiohttp.TCPConnector(local_addr=(self.source_address, 0) if self.source_address else None,
                                              force_close=True)
             # engine.io moves an explicit Cookie header into this jar: it must be a real one.
-            self._http = aiohttp.ClientSession(connector=connector,
+            self._http = aiohttp.ClientSession(connector=connector, trace_configs=self.trace_configs,
+                                               headers=self.headers,
                                                cookie_jar=aiohttp.CookieJar(unsafe=True, quote_cookie=False))
         return self._http
 

@@ -195,8 +195,10 @@ class Nginx:
     """nginx from cl-scale's own rendered config, unprivileged, in the foreground."""
 
     def __init__(self, prefix: Path, upstreams: list[str], sticky: str = "ip_hash", port: int | None = None,
-                 sets: list[str] | None = None):
+                 sets: list[str] | None = None, edit=None):
         self.prefix, self.upstreams, self.sticky, self.sets = prefix, upstreams, sticky, sets or []
+        #: Tests only: rewrite the rendered files (e.g. drop stickiness to prove doctor notices).
+        self.edit = edit
         self.port = port or free_port()
         self.proc: Proc | None = None
 
@@ -211,6 +213,8 @@ class Nginx:
         values = load_values([], [f"nginx.listen={self.port}", f"sticky.mode={self.sticky}",
                                   f"replicas={len(self.upstreams)}", *self.sets])
         files = nginx.render(values, upstreams=self.upstreams, listen_host="127.0.0.1")
+        if self.edit:
+            files = self.edit(files)
         for rel, text in files.items():
             target = self.prefix / rel
             target.parent.mkdir(parents=True, exist_ok=True)

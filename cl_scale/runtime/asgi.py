@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from urllib.parse import parse_qs
 
 import httpx
@@ -28,6 +29,9 @@ async def _respond(send, status: int, body: bytes, content_type: bytes = b"appli
 INSTANCE_HEADER = b"x-cl-scale-instance"
 
 
+DOCTOR_PREFIX = "/cl-scale/doctor/"
+
+
 def _new_engineio_handshake(scope) -> bool:
     """An Engine.IO request that would open a new connection here (no ``sid`` yet)."""
     return scope["path"].startswith("/ws/socket.io") and b"sid=" not in scope.get("query_string", b"")
@@ -38,6 +42,7 @@ class InstanceApp:
         self.instance = instance
         self.app = chainlit_app
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+        self._gateway = None  # worker HTTP gateway (/cl-scale/v1), built on first use
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -53,8 +58,16 @@ class InstanceApp:
                 self.instance.update_gauges()
                 self.instance.readiness()
                 return await _respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+            if path.startswith(DOCTOR_PREFIX) and self.instance.settings.doctor:
+                return await self._doctor(scope, send)
             if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
                 return await self._maybe_forward(scope, receive, send)
+            if path.startswith("/cl-scale/v1/"):
+                if self._gateway is None:
+                    from cl_scale.gateway.app import from_settings
+
+                    self._gateway = from_settings(self.instance.settings)
+                return await self._gateway(scope, receive, send)
             if self.instance.draining and _new_engineio_handshake(scope):
                 # nginx (proxy_next_upstream http_503) retries the handshake on a peer.
                 return await _respond(send, 503, b'{"error":"instance draining"}')
@@ -62,6 +75,31 @@ class InstanceApp:
         if scope["type"] == "websocket" and self.instance.draining and _new_engineio_handshake(scope):
             return await send({"type": "websocket.close", "code": 1013})  # try again later (elsewhere)
         return await self.app(scope, receive, send)
+
+    async def _doctor(self, scope, send):
+        """Probes for ``cl-scale doctor``, which only has the balancer's URL: emit a nonce into a
+        session through Redis, and read where a session lives. Nothing else is exposed."""
+        from cl_scale.runtime.api import emit_to_session
+        from cl_scale.runtime.chainlit_hooks import _SESSION_ID
+
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        session_id, nonce = query.get("session_id", ""), query.get("nonce", "")
+        me = self.instance.settings.instance_id
+        if not _SESSION_ID.match(session_id):
+            return await _respond(send, 422, b'{"error":"session_id missing or malformed"}')
+        if scope["path"] == DOCTOR_PREFIX + "emit" and scope["method"] == "POST":
+            if not re.fullmatch(r"[a-z0-9]{1,32}", nonce):
+                return await _respond(send, 422, b'{"error":"nonce must be 1-32 of [a-z0-9]"}')
+            await emit_to_session(session_id, "cl-scale:doctor", {"nonce": nonce, "from": me})
+            return await _respond(send, 202, json.dumps({"from": me}).encode())
+        if scope["path"] == DOCTOR_PREFIX + "session" and scope["method"] == "GET":
+            record = await self.instance.store.load(session_id)
+            if record is None:
+                return await _respond(send, 404, json.dumps({"from": me, "error": "unknown session"}).encode())
+            body = {"from": me, "owner": record["owner"], "connected": record["connected"],
+                    "thread_id": record["snapshot"].get("thread_id")}
+            return await _respond(send, 200, json.dumps(body).encode())
+        return await _respond(send, 404, b'{"error":"not found"}')
 
     def _tag(self, send):
         """Name the instance on every HTTP response (doctor's stickiness check, debugging)."""

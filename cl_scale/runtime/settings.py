@@ -61,11 +61,24 @@ class RuntimeSettings:
     #: Seconds a disconnected session stays restorable (Chainlit's ``session_timeout``).
     session_timeout: int = 3600
     drain_seconds: int = 30
+    #: Serve the probes ``cl-scale doctor`` uses (/cl-scale/doctor/*); CL_SCALE_DOCTOR=0 turns them off.
+    doctor: bool = True
     #: Per-Redis-command timeout: a stalled Redis must never stall a chat.
     redis_timeout: float = 2.0
     #: How often the listener proves itself alive (readiness) and registrations are refreshed.
     heartbeat_seconds: float = 1.0
     files_dir: str | None = None
+    #: Worker delivery (cl_scale.worker): accepted signing keys ``id:secret[;users=a|b][;sessions=s]``,
+    #: comma separated, and gateway bearer tokens in the same syntax. Secrets: never in repr or logs.
+    worker_keys: str | None = field(default=None, repr=False)
+    gateway_tokens: str | None = field(default=None, repr=False)
+    #: Bound and lifetime of a session's outbox; overflow and expiry go to the dead-letter stream.
+    worker_outbox_max: int = 1000
+    worker_outbox_ttl: float = 3600
+    #: Oldest signed timestamp accepted (replay window); defaults to the outbox TTL.
+    worker_max_age: float | None = None
+    worker_max_attempts: int = 5
+    worker_max_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, **overrides) -> "RuntimeSettings":
@@ -74,9 +87,16 @@ class RuntimeSettings:
             redis_url=with_password(url, _env("REDIS_PASSWORD")),
             session_timeout=int(_env("CL_SCALE_SESSION_TIMEOUT", "3600")),
             drain_seconds=int(_env("CL_SCALE_DRAIN_SECONDS", "30")),
+            doctor=_env("CL_SCALE_DOCTOR", "1").lower() not in ("0", "false", "no", "off"),
             prefix=_env("CL_SCALE_PREFIX", "clscale"),
             advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
             files_dir=_env("CL_SCALE_FILES_DIR"),
+            worker_keys=_env("CL_SCALE_WORKER_KEYS"),
+            gateway_tokens=_env("CL_SCALE_GATEWAY_TOKENS"),
+            worker_outbox_max=int(_env("CL_SCALE_WORKER_OUTBOX_MAX", "1000")),
+            worker_outbox_ttl=float(_env("CL_SCALE_WORKER_OUTBOX_TTL", "3600")),
+            worker_max_age=float(_env("CL_SCALE_WORKER_MAX_AGE")) if _env("CL_SCALE_WORKER_MAX_AGE") else None,
+            worker_max_attempts=int(_env("CL_SCALE_WORKER_MAX_ATTEMPTS", "5")),
         )
         if _env("CL_SCALE_INSTANCE_ID"):
             values["instance_id"] = _env("CL_SCALE_INSTANCE_ID")
