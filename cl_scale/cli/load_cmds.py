@@ -2,4 +2,114 @@
 
 from __future__ import annotations
 
-from cl_scale.cli import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cl_scale.cli import app
+from cl_scale.errors import UserError
+
+
+@app.command(
+    "loadtest",
+    help=(
+        "Load-test a deployment: locust headless with a Chainlit user (Socket.IO over websocket).\n\n"
+        "Scenarios: chat (echo round trip), stream (time to first/last token; the app must answer "
+        "'stream N'), push (worker SDK -> client delivery latency; needs --redis-url and --worker-key), "
+        "reconnect (every client drops and returns at once), all. Writes locust_*.csv and report.html "
+        "to --out, prints a summary; exit 1 when any request failed.\n\n"
+        "Examples:\n\n"
+        "\b\n"
+        "  cl-scale loadtest http://localhost:8000 --users 200 --spawn-rate 20 --run-time 5m\n"
+        "  cl-scale loadtest http://127.0.0.1:8000 -u 50 -r 10 -t 60s --scenario stream --spread 8\n"
+        "  CL_SCALE_WORKER_KEY=k1:secret cl-scale loadtest http://localhost:8000 -u 20 -r 5 -t 1m \\\n"
+        "      --scenario push --redis-url redis://localhost:6379/0"
+    ),
+)
+def loadtest_cmd(
+    url: str = typer.Argument(..., metavar="URL", help="The load balancer (or one instance), http(s)://host:port."),
+    users: int = typer.Option(10, "--users", "-u", help="Concurrent users."),
+    spawn_rate: float = typer.Option(5.0, "--spawn-rate", "-r", help="Users started per second."),
+    run_time: str = typer.Option("30s", "--run-time", "-t", help="Duration: 30, 30s, 5m, 1h30m."),
+    scenario: str = typer.Option("chat", "--scenario", "-s", help="chat | stream | push | reconnect | all."),
+    out: Path = typer.Option(Path("loadtest-report"), "--out", "-o", help="Directory for CSV + HTML."),
+    stream_tokens: int = typer.Option(200, help="Tokens per streamed reply (stream scenario)."),
+    spread: int = typer.Option(0, help="Bind users to 127.0.N.1, N=1..SPREAD, so nginx ip_hash spreads "
+                               "loopback clients (local clusters only)."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", envvar="CL_SCALE_REDIS_URL",
+                                            help="Redis of the cluster (push scenario)."),
+    worker_key: Optional[str] = typer.Option(None, "--worker-key", envvar="CL_SCALE_WORKER_KEY",
+                                             help="KID:SECRET accepted by the instances (push scenario)."),
+    storm_period: float = typer.Option(10.0, help="Seconds between reconnect storms (reconnect scenario)."),
+    locustfile: Optional[Path] = typer.Option(None, help="Your own locustfile instead of the built-in user."),
+) -> None:
+    from rich.console import Console
+
+    from cl_scale.loadtest.runner import run_locust, summary_table
+
+    if stream_tokens < 1:
+        raise UserError(f"--stream-tokens {stream_tokens}: must be at least 1")
+    if storm_period <= 0:
+        raise UserError(f"--storm-period {storm_period}: must be positive")
+    console = Console()
+    console.print(f"locust: {users} users, +{spawn_rate}/s, {run_time}, scenario {scenario} -> {url}")
+    result = run_locust(url, users=users, spawn_rate=spawn_rate, run_time=run_time, scenario=scenario, out_dir=out,
+                        locustfile=locustfile, stream_tokens=stream_tokens, spread=spread, redis_url=redis_url or "",
+                        worker_key=worker_key or "", storm_period=storm_period)
+    if result.rows or result.aggregated:
+        console.print(summary_table(result))
+    for failure in result.failures[:10]:
+        console.print(f"[red]failure[/red] {failure.get('Name')}: {failure.get('Error')} x{failure.get('Occurrences')}")
+    console.print(f"report: {result.html}  csv: {result.csv_prefix}_stats.csv")
+    if not result.ok:
+        why = (f"{result.total_failures} of {result.total_requests} requests failed" if result.total_requests
+               else f"no requests completed (locust exit {result.returncode}; log: {out / 'locust.log'})")
+        typer.echo(f"loadtest failed: {why}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command(
+    "bench",
+    help=(
+        "Benchmark, on this machine, in one run: (a) stock `chainlit run`, (b) 3 stock Chainlit instances "
+        "with python-socketio's AsyncRedisManager, (c) 3 `cl-scale run` instances behind nginx. Echo p50/p99, "
+        "2000-token stream, worker-push latency, concurrent clients held, memory per idle connection, CPU "
+        "per message. Writes bench/results.json and PNGs in bench/plots/.\n\n"
+        "Examples:\n\n"
+        "\b\n"
+        "  cl-scale bench                                  # full run: ~5 min, keep the machine quiet\n"
+        "  cl-scale bench --quick --out /tmp/b             # smoke run: few iterations, few clients\n"
+        "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
+        "  cl-scale bench --readme README.md               # regenerate the README table from results.json"
+    ),
+)
+def bench_cmd(
+    quick: bool = typer.Option(False, "--quick", help="Few iterations and clients: checks the harness, not the figures."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for results.json and plots/ "
+                                       "(default: bench/ of the source tree, else ./bench)."),
+    clients: Optional[int] = typer.Option(None, help="Concurrent websocket clients to hold per setup "
+                                          "(default 2000; --quick 30)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated subset of setups: "
+                                       "stock,stock-redis,cl-scale (default: all three)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the table between <!-- bench:start --> "
+                                          "and <!-- bench:end --> in this file from results.json, then exit."),
+) -> None:
+    from cl_scale.loadtest import bench
+
+    if readme is not None:
+        out_dir = out or bench.default_out()
+        bench.update_readme(readme, out_dir / "results.json")
+        typer.echo(f"updated {readme} from {out_dir / 'results.json'}")
+        return
+    if clients is not None and clients < 1:
+        raise UserError(f"--clients {clients}: must be at least 1")
+    selected = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    unknown = [s for s in selected or [] if s not in bench.SETUPS]
+    if unknown:
+        raise UserError(f"--only {only!r}: unknown setup {unknown[0]!r} (choose from {', '.join(bench.SETUPS)})")
+    # A quick or partial run never overwrites the committed bench/results.json unless --out says so.
+    out_dir = out or (bench.default_out() / "out" / "quick" if quick or selected else bench.default_out())
+    report = bench.run(out_dir, quick=quick, clients=clients, only=selected)
+    typer.echo(bench.markdown_table(report))
+    typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'plots'}/")

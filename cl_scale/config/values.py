@@ -400,6 +400,9 @@ class Nginx(_Model):
     readTimeout: Annotated[Str, AfterValidator(_read_timeout)] = Field(
         "3600s", description="proxy_read_timeout/proxy_send_timeout; must exceed Socket.IO "
                              "pingInterval+pingTimeout (25s+20s).")
+    workerConnections: Annotated[StrictInt, _int_range(512, 1048576)] = Field(
+        4096, description="worker_connections per nginx worker; each websocket client holds 2 (client + "
+                          "upstream), so clients ~= workers x this / 2; above ~ulimit -n also raise the open-file limit.")
     tls: NginxTls = Field(default_factory=NginxTls, description="HTTPS server.")
     realIp: RealIp = Field(default_factory=RealIp, description="Real client address from a front balancer.")
 

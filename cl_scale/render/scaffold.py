@@ -50,4 +50,5 @@ def render(values: Values) -> dict[str, str]:
         ".dockerignore": env.get_template("dockerignore.j2").render(),
         ".env.example": env_example(values),
         "loadtest/README.md": env.get_template("loadtest/README.md.j2").render(values=values),
+        "loadtest/locustfile.py": env.get_template("loadtest/locustfile.py.j2").render(values=values),
     }
