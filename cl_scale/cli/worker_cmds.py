@@ -1,5 +1,275 @@
-"""`cl-scale` commands: send, dlq (worker delivery path)."""
+"""`cl-scale` commands of the worker path: send, dlq (list/replay/purge), gateway."""
 
 from __future__ import annotations
 
-from cl_scale.cli import app  # noqa: F401
+import asyncio
+import json
+import os
+import time
+from typing import Optional
+
+import typer
+
+from cl_scale.cli import app
+from cl_scale.errors import UserError
+
+dlq_app = typer.Typer(help="Inspect and recover dead-lettered worker messages.\n\nExamples:\n\n"
+                      "  cl-scale dlq list --redis-url redis://127.0.0.1:6379/0\n\n"
+                      "  cl-scale dlq replay --all\n\n  cl-scale dlq purge 1700000000000-0",
+                      no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+_REDIS_HELP = "Redis URL (default: $CL_SCALE_REDIS_URL)."
+
+
+def _redis_url(value: Optional[str]) -> str:
+    from cl_scale.runtime.settings import SUPPORTED_SCHEMES, with_password
+    from urllib.parse import urlparse
+
+    url = value or os.environ.get("CL_SCALE_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if urlparse(url).scheme not in SUPPORTED_SCHEMES:
+        raise UserError(f"redis-url: scheme must be one of {', '.join(SUPPORTED_SCHEMES)}")
+    return with_password(url, os.environ.get("REDIS_PASSWORD"))
+
+
+def _key(key_id: Optional[str], key: Optional[str]) -> tuple[str, str]:
+    """--key-id/--key, else $CL_SCALE_WORKER_KEY_ID/$CL_SCALE_WORKER_KEY, else the first of
+    $CL_SCALE_WORKER_KEYS (or the one named by --key-id)."""
+    from cl_scale.worker.protocol import parse_keys
+
+    key_id = key_id or os.environ.get("CL_SCALE_WORKER_KEY_ID")
+    key = key or os.environ.get("CL_SCALE_WORKER_KEY")
+    if key_id and key:
+        return key_id, key
+    keys = parse_keys(os.environ.get("CL_SCALE_WORKER_KEYS"))
+    chosen = keys.get(key_id) if key_id else next(iter(keys.values()), None)
+    if chosen is None:
+        raise UserError("worker key: pass --key-id and --key, or set CL_SCALE_WORKER_KEY_ID/CL_SCALE_WORKER_KEY "
+                        "or CL_SCALE_WORKER_KEYS")
+    return chosen.kid, chosen.secret.decode()
+
+
+async def _ping(redis, url: str) -> None:
+    from cl_scale.runtime.settings import redacted
+
+    try:
+        await asyncio.wait_for(redis.ping(), 3)
+    except Exception as exc:
+        raise UserError(f"redis-url={redacted(url)}: unreachable ({exc.__class__.__name__})") from None
+
+
+@app.command("send", help=(
+    "Deliver a message into a chat through the worker path (signed, same as the SDK).\n\n"
+    "Examples:\n\n"
+    "  cl-scale send --session 3f2c... 'build finished'\n\n"
+    "  cl-scale send --user alice --author CI 'deploy done'\n\n"
+    "  CL_SCALE_WORKER_KEYS=k1:secret cl-scale send --thread T1 hello"))
+def send_cmd(
+    text: str = typer.Argument(..., metavar="TEXT", help="Message text."),
+    session: Optional[str] = typer.Option(None, "--session", help="Chainlit session id."),
+    user: Optional[str] = typer.Option(None, "--user", help="User identifier (all their sessions); with "
+                                       "--session, the session must belong to this user."),
+    thread: Optional[str] = typer.Option(None, "--thread", help="Thread id (its sessions); with --session, "
+                                         "the session must be in this thread."),
+    author: str = typer.Option("Worker", help="Author shown in the chat."),
+    message_id: Optional[str] = typer.Option(None, "--id", help="Message id (idempotency key)."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+    key_id: Optional[str] = typer.Option(None, "--key-id", help="Signing key id."),
+    key: Optional[str] = typer.Option(None, "--key", help="Signing key (prefer $CL_SCALE_WORKER_KEY)."),
+    prefix: str = typer.Option("clscale", help="Redis key prefix (CL_SCALE_PREFIX of the instances)."),
+) -> None:
+    if not text.strip():
+        raise UserError("TEXT: must not be empty")
+    if not (session or user or thread):
+        raise UserError("target: give --session, --user or --thread")
+    if thread and user and not session:
+        raise UserError("target: --thread and --user name two targets; add --session or drop one")
+    url = _redis_url(redis_url)
+    kid, secret = _key(key_id, key)
+    typer.echo(asyncio.run(_send(url, kid, secret, prefix, text, session, user, thread, author, message_id)))
+
+
+async def _send(url, kid, secret, prefix, text, session, user, thread, author, message_id) -> str:
+    from cl_scale.worker import DeliveryError, Publisher
+
+    pub = Publisher(url, kid, secret, prefix=prefix, max_buffer=0)
+    try:
+        await _ping(pub.redis, url)
+        if session and (user or thread):  # extra names are checks on the session, not more targets
+            raw = await pub.redis.hget(f"{prefix}:session:{{{session}}}", "data")
+            snap = json.loads(raw) if raw else {}
+            if user and ((snap.get("user") or {}).get("identifier")) != user:
+                raise UserError(f"--session {session}: not a session of user {user!r}")
+            if thread and snap.get("thread_id") != thread:
+                raise UserError(f"--session {session}: not in thread {thread!r}")
+        try:
+            if session:
+                return await pub.send(session, text, message_id=message_id, author=author)
+            if user:
+                return await pub.send_to_user(user, text, message_id=message_id, author=author)
+            return await pub.send_to_thread(thread, text, message_id=message_id, author=author)
+        except (DeliveryError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        try:
+            await pub.aclose(timeout=2)
+        except Exception:
+            pass
+
+
+def _decode(fields: dict) -> dict:
+    out = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+    try:
+        body = json.loads(out.get("body", ""))
+        out["mid"] = body.get("mid") if isinstance(body, dict) else None
+    except ValueError:
+        out["mid"] = None
+    return out
+
+
+async def _with_redis(url: str, fn):
+    from cl_scale.runtime.redis_conn import connect
+
+    redis = connect(url)
+    try:
+        await _ping(redis, url)
+        return await fn(redis)
+    finally:
+        await redis.aclose()
+
+
+@dlq_app.command("list", help="Dead letters, oldest first: id, reason, session, message id.")
+def dlq_list(redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+             limit: int = typer.Option(100, min=1, help="At most this many."),
+             as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+             prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
+    from cl_scale.worker.protocol import dlq_key
+
+    async def run(redis):
+        return await redis.xrange(dlq_key(prefix), count=limit)
+
+    entries = asyncio.run(_with_redis(_redis_url(redis_url), run))
+    for eid, fields in entries:
+        d = _decode(fields)
+        if as_json:
+            typer.echo(json.dumps({"id": eid.decode(), "reason": d.get("reason"), "session": d.get("session"),
+                                   "mid": d.get("mid"), "kid": d.get("kid"), "at": d.get("at")}))
+        else:
+            typer.echo(f"{eid.decode()}  session={d.get('session') or '-'}  mid={d.get('mid') or '-'}  "
+                       f"reason={d.get('reason')}")
+    if not as_json:
+        typer.echo(f"{len(entries)} dead letter(s)", err=True)
+
+
+def _select(ids: list[str], all_: bool) -> None:
+    if not ids and not all_:
+        raise UserError("give dead-letter ids (see `cl-scale dlq list`) or --all")
+    for i in ids:
+        head, _, tail = i.partition("-")
+        if not head.isdigit() or (tail and not tail.isdigit()):
+            raise UserError(f"id={i!r}: not a stream id (like 1700000000000-0)")
+
+
+def _entry_id(body: bytes) -> str:
+    """The (unverified) entry id of a dead letter's body; the instance verifies it again on delivery."""
+    try:
+        eid = json.loads(body).get("eid")
+    except (ValueError, AttributeError):
+        return ""
+    return eid if isinstance(eid, str) else ""
+
+
+@dlq_app.command("replay", help=(
+    "Put dead letters back into their session's outbox (verified again on delivery). Messages past "
+    "the replay window need --resign (re-signs with your key and a fresh timestamp)."))
+def dlq_replay(ids: list[str] = typer.Argument(None, metavar="[ID]..."),
+               all_: bool = typer.Option(False, "--all", help="Every dead letter."),
+               resign: bool = typer.Option(False, "--resign", help="Re-sign with --key-id/--key (fresh time)."),
+               redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+               key_id: Optional[str] = typer.Option(None, "--key-id"), key: Optional[str] = typer.Option(None, "--key"),
+               prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
+    from cl_scale.worker import protocol as p
+
+    ids = ids or []
+    _select(ids, all_)
+    signer = _key(key_id, key) if resign else None
+
+    async def run(redis):
+        script = redis.register_script(p.OUTBOX_APPEND)
+        entries = await redis.xrange(p.dlq_key(prefix), count=100_000) if all_ else \
+            [e for i in ids for e in await redis.xrange(p.dlq_key(prefix), i, i)]
+        replayed = skipped = 0
+        for eid, fields in entries:
+            d = _decode(fields)
+            session = d.get("session")
+            kid, body, sig = d.get("kid", ""), fields.get(b"body", b""), d.get("sig", "")
+            if not session:
+                skipped += 1
+                continue
+            if signer:
+                try:
+                    parsed = p.Body.model_validate_json(body)
+                except Exception:
+                    skipped += 1
+                    continue
+                parsed.ts = time.time()
+                kid, body = signer[0], p.canonical(parsed)
+                sig = p.sign(signer[1].encode(), body)
+            keys, args = p.outbox_append_call(prefix, session, _entry_id(body), kid, body, sig,
+                                              outbox_max=1000, ttl=3600)
+            ok = await script(keys=keys, args=args)
+            await redis.xdel(p.dlq_key(prefix), eid)
+            replayed += 1 if ok == 1 else 0
+            skipped += 0 if ok == 1 else 1
+        return replayed, skipped
+
+    replayed, skipped = asyncio.run(_with_redis(_redis_url(redis_url), run))
+    typer.echo(f"replayed {replayed}, skipped {skipped} (no session, unreadable, or outbox full)")
+
+
+@dlq_app.command("purge", help="Delete dead letters for good.")
+def dlq_purge(ids: list[str] = typer.Argument(None, metavar="[ID]..."),
+              all_: bool = typer.Option(False, "--all", help="Every dead letter."),
+              redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+              prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
+    from cl_scale.worker.protocol import dlq_key
+
+    ids = ids or []
+    _select(ids, all_)
+
+    async def run(redis):
+        if all_:
+            n = await redis.xlen(dlq_key(prefix))
+            await redis.delete(dlq_key(prefix))
+            return n
+        return await redis.xdel(dlq_key(prefix), *ids)
+
+    typer.echo(f"purged {asyncio.run(_with_redis(_redis_url(redis_url), run))}")
+
+
+@app.command("gateway", help=(
+    "Run the worker HTTP gateway alone (no Chainlit): POST /cl-scale/v1/sessions/{id}/messages ...\n\n"
+    "Tokens from $CL_SCALE_GATEWAY_TOKENS (id:token[;users=a|b][;sessions=s]); messages are signed with "
+    "the first key of $CL_SCALE_WORKER_KEYS (or --key-id).\n\n"
+    "Example:\n\n  cl-scale gateway --redis-url redis://127.0.0.1:6379/0 --port 8100"))
+def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+                host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+                port: int = typer.Option(8100, help="Port to listen on."),
+                key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs."),
+                prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
+    import uvicorn
+
+    from cl_scale.gateway.app import Gateway, build_app
+    from cl_scale.worker.protocol import parse_keys
+
+    url = _redis_url(redis_url)
+    tokens, keys = os.environ.get("CL_SCALE_GATEWAY_TOKENS"), os.environ.get("CL_SCALE_WORKER_KEYS")
+    if not parse_keys(tokens, "CL_SCALE_GATEWAY_TOKENS"):
+        raise UserError("CL_SCALE_GATEWAY_TOKENS: no tokens set: every request would be refused")
+    parsed = parse_keys(keys)
+    if not parsed or (key_id and key_id not in parsed):
+        raise UserError(f"CL_SCALE_WORKER_KEYS: no key {key_id or ''} to sign with")
+    if not 1 <= port <= 65535:
+        raise UserError(f"port={port}: must be between 1 and 65535")
+    uvicorn.run(build_app(Gateway(url, tokens=tokens, worker_keys=keys, key_id=key_id, prefix=prefix)),
+                host=host, port=port, log_level="warning")

@@ -10,9 +10,12 @@ session from Redis *before* Chainlit's own ``connect`` handler runs — so Chain
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
+import time
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from importlib.metadata import version as dist_version
 
@@ -52,6 +55,45 @@ IN_HANDLER_SAVE_DELAY = 0.5
 COMMIT_WAIT_SECONDS = 0.05
 
 REQUIRED_HANDLERS = ("connect", "connection_successful", "disconnect", "client_message")
+
+# Chainlit 2.12's ``Message.__init__`` sleeps 1 ms (``time.sleep``) so that consecutive messages get
+# distinct ``created_at`` stamps. That blocks the event loop once per message: worker delivery stamps
+# ``created_at`` itself (strictly increasing) and skips the sleep through this flag.
+_SKIP_MESSAGE_SLEEP: contextvars.ContextVar[bool] = contextvars.ContextVar("clscale_skip_sleep", default=False)
+
+
+class _MessageClock:
+    """``chainlit.message``'s view of the ``time`` module: the same, except a skippable ``sleep``."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if not _SKIP_MESSAGE_SLEEP.get():
+            time.sleep(seconds)
+
+
+_last_stamp = datetime.min
+
+
+def _unique_utc_now() -> str:
+    """Chainlit's ``utc_now()`` format, strictly increasing within this process."""
+    global _last_stamp
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    _last_stamp = now if now > _last_stamp else _last_stamp + timedelta(microseconds=1)
+    return _last_stamp.isoformat() + "Z"
+
+
+def new_message(**kwargs):
+    """A ``chainlit.Message`` built without blocking the event loop (see ``_SKIP_MESSAGE_SLEEP``)."""
+    from chainlit.message import Message
+
+    token = _SKIP_MESSAGE_SLEEP.set(True)
+    try:
+        return Message(created_at=kwargs.pop("created_at", None) or _unique_utc_now(), **kwargs)
+    finally:
+        _SKIP_MESSAGE_SLEEP.reset(token)
 
 
 class ChainlitIncompatible(UserError):
@@ -148,6 +190,9 @@ class ChainlitHooks:
         self._warned_keys: set[str] = set()
         self._changes: dict[str, _ContextChanges] = {}
         self.restore_callbacks: list = []
+        #: Sessions whose messages are being rendered from the worker outbox: their entries stay
+        #: pending in Redis until the batch is saved, so per-message commits are skipped (delivery.py).
+        self.deferred_commit: set[str] = set()
 
     # -- installation ---------------------------------------------------------------------
     def install(self) -> None:
@@ -160,6 +205,9 @@ class ChainlitHooks:
         cc = importlib.import_module("chainlit.chat_context")
         cs = importlib.import_module("chainlit.socket")
         us = importlib.import_module("chainlit.user_session")
+        cm = importlib.import_module("chainlit.message")
+        if getattr(cm, "time", None) is time:  # optional: a Chainlit without the sleep needs nothing
+            cm.time = _MessageClock()
 
         handlers = sio.handlers["/"]
         self._connect, handlers["connect"] = handlers["connect"], self.connect
@@ -409,7 +457,8 @@ class ChainlitHooks:
         elif what == "clear":
             changes.seq.clear()
             changes.reset = True
-        self.schedule_save(session.id, delay)
+        if session.id not in self.deferred_commit:  # worker delivery saves once per batch itself
+            self.schedule_save(session.id, delay)
 
     def busy(self) -> int:
         """Sessions with a reply or ``on_chat_start`` still running (what a drain waits for)."""
@@ -429,7 +478,7 @@ class ChainlitHooks:
         The write is put on the wire, not awaited: Redis applies it long before the client can act on
         the reply, and the reply does not wait a round trip. Only when another write of the same
         session is still in flight do we wait for it, at most ``COMMIT_WAIT_SECONDS``."""
-        if session.id not in self._dirty:
+        if session.id not in self._dirty or session.id in self.deferred_commit:
             return
         queued = self._pending.pop(session.id, None)
         if queued is not None:

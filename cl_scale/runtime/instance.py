@@ -36,6 +36,9 @@ class Instance:
                                               prefix=settings.prefix, redis_timeout=settings.redis_timeout,
                                               heartbeat_seconds=settings.heartbeat_seconds)
         self.hooks = ChainlitHooks(self)
+        from cl_scale.runtime.delivery import Delivery
+
+        self.delivery = Delivery(self)  # worker messages (cl_scale.worker) into local sessions
         self.draining = False  # readiness off; still serving its clients
         self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)
         self.started_at = time.time()
@@ -59,12 +62,14 @@ class Instance:
         self.sio.manager_initialized = True
         self.manager.initialize()
         self._tasks.append(asyncio.get_running_loop().create_task(self._register_loop()))
+        await self.delivery.start()
         log.info("instance %s up (redis %s, advertise %s)", self.settings.instance_id,
                  redacted(self.settings.redis_url), self.settings.advertise_url)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.delivery.stop()
         await self.manager.close()
         try:
             async with asyncio.timeout(self.settings.redis_timeout):
@@ -108,6 +113,7 @@ class Instance:
 
     async def on_session_ready(self, session) -> None:
         """Extension point for the worker outbox (delivered on reconnect)."""
+        await self.delivery.on_session_ready(session)
 
     def is_local(self, session_id: str) -> bool:
         from chainlit.session import WebsocketSession

@@ -75,6 +75,68 @@ def dlq_key(prefix: str) -> str:
     return f"{prefix}:wk:dlq"
 
 
+def seen_key(prefix: str, session_id: str, eid: str) -> str:
+    """Set once an entry was rendered: redelivery of the same ``eid`` is skipped (idempotency)."""
+    return f"{prefix}:wk:seen:{{{session_id}}}:{eid}"
+
+
+def wake_channel(prefix: str, instance_id: str) -> str:
+    """Each instance hears only about the sessions it owns (no fan-out to every instance)."""
+    return f"{prefix}:wk:wake:{instance_id}"
+
+
+# Append one signed entry to a session's outbox, atomically with its bookkeeping, and wake its owner.
+# KEYS: stream, dlq, outbox index, session record, seen key.
+# ARGV: kid, body, sig, max entries, ttl, now, session, wake channel prefix.
+# Returns 1 (queued), 0 (outbox full: dead-lettered), 2 (already rendered: nothing to do).
+# When the outbox was empty, the wake-up carries the entry itself (``session\nid\nkid\nsig\nbody``), so
+# the owner renders it without reading the stream first. With one entry ahead (maybe being rendered
+# by that fast path, which reads nothing after it) the wake-up is the session id alone. With more, a
+# drain is already reading: it reads until the stream is empty, so no wake-up is sent (the owner's
+# one-second sweep is the safety net).
+OUTBOX_APPEND = """
+if redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
+local n = redis.call('XLEN', KEYS[1])
+if n >= tonumber(ARGV[4]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',
+             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'session', ARGV[7],
+             'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3], 'at', ARGV[6])
+  return 0
+end
+local id = redis.call('XADD', KEYS[1], '*', 'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3])
+pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], 'deliver', '0')
+redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
+redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
+local owner = redis.call('HGET', KEYS[4], 'owner')
+if owner then
+  if n == 0 then
+    redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7] .. '\\n' .. id .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[2])
+  elseif n == 1 then
+    redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7])
+  end
+end
+return 1
+"""
+
+
+def outbox_append_call(prefix: str, session_id: str, eid: str, kid: str, body: bytes, sig: str, *,
+                       outbox_max: int, ttl: float) -> tuple[list, list]:
+    """(keys, args) of ``OUTBOX_APPEND`` for one entry (SDK, gateway, ``cl-scale dlq replay``)."""
+    keys = [stream_key(prefix, session_id), dlq_key(prefix), f"{prefix}:wk:outboxes",
+            f"{prefix}:session:{{{session_id}}}", seen_key(prefix, session_id, eid)]
+    args = [kid, body, sig, outbox_max, int(ttl), f"{time.time():.3f}", session_id, wake_channel(prefix, "")]
+    return keys, args
+
+
+def parse_wake(data: bytes) -> tuple[str, tuple | None]:
+    """A wake-up: (session id, (entry id, fields) or None)."""
+    parts = data.split(b"\n", 4)
+    sid = parts[0].decode(errors="replace")
+    if len(parts) < 5:
+        return sid, None
+    return sid, (parts[1], {b"kid": parts[2], b"sig": parts[3], b"body": parts[4]})
+
+
 def to_bytes(secret: str | bytes) -> bytes:
     return secret if isinstance(secret, bytes) else secret.encode()
 
@@ -151,7 +213,7 @@ def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age
     key = keys.get(kid)
     if key is None:
         raise Rejected(f"unknown key id {kid!r}")
-    if not hmac.compare_digest(sign(key.secret, raw), sig):
+    if not hmac.compare_digest(sign(key.secret, raw).encode(), sig.encode()):
         raise Rejected(f"bad signature (key {kid!r})")
     try:
         body = Body.model_validate_json(raw)

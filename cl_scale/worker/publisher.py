@@ -21,22 +21,6 @@ from cl_scale.worker import protocol as p
 
 log = logging.getLogger("cl_scale.worker")
 
-# KEYS: stream, dlq, outbox index. ARGV: kid, body, sig, max entries, ttl, now, session, wake channel.
-_PUBLISH = """
-local n = redis.call('XLEN', KEYS[1])
-if n >= tonumber(ARGV[4]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',
-             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'session', ARGV[7],
-             'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3], 'at', ARGV[6])
-  return 0
-end
-redis.call('XADD', KEYS[1], '*', 'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3])
-pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], 'deliver', '0')
-redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
-redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
-redis.call('PUBLISH', ARGV[8], ARGV[7])
-return 1
-"""
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -68,7 +52,7 @@ class Publisher:
         self.kid, self._secret = key_id, p.to_bytes(key)
         self.prefix, self.author = prefix, author
         self.max_buffer, self.outbox_max, self.outbox_ttl, self.max_bytes = max_buffer, outbox_max, outbox_ttl, max_bytes
-        self._script = self.redis.register_script(_PUBLISH)
+        self._script = self.redis.register_script(p.OUTBOX_APPEND)
         self._buffer: collections.deque[tuple] = collections.deque()
         self._flusher: asyncio.Task | None = None
         self.last_error: Exception | None = None
@@ -161,10 +145,8 @@ class Publisher:
         raw = p.canonical(body)
         if len(raw) > self.max_bytes + 4096:
             raise MessageTooLarge(f"message {body.mid}: {len(raw)} bytes with elements (max {self.max_bytes})")
-        keys = [p.stream_key(self.prefix, body.session), p.dlq_key(self.prefix), f"{self.prefix}:wk:outboxes"]
-        args = [self.kid, raw, p.sign(self._secret, raw), self.outbox_max, int(self.outbox_ttl), f"{time.time():.3f}",
-                body.session, f"{self.prefix}:wk:wake"]
-        return keys, args
+        return p.outbox_append_call(self.prefix, body.session, body.eid, self.kid, raw, p.sign(self._secret, raw),
+                                    outbox_max=self.outbox_max, ttl=self.outbox_ttl)
 
     async def _publish(self, *bodies: p.Body) -> None:
         prepared = [self._args(b) for b in bodies]  # validation errors before anything is sent
@@ -184,7 +166,7 @@ class Publisher:
             return [await self._script(keys=keys, args=args)]
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in prepared:
-            self._script(keys=keys, args=args, client=pipe)
+            await self._script(keys=keys, args=args, client=pipe)
         return await pipe.execute()
 
     def _check(self, results, bodies) -> None:

@@ -1,0 +1,280 @@
+"""A small Starlette app that turns authenticated HTTP requests into signed worker messages.
+
+Mounted on every instance under ``/cl-scale/v1`` and runnable alone (``cl-scale gateway``). Bearer
+tokens come from ``CL_SCALE_GATEWAY_TOKENS`` (``id:token[;users=a|b][;sessions=s1|s2]``) and are
+checked here; messages are signed with a worker key the instances accept. Errors are JSON:
+401 (no/unknown token), 403 (token scope), 413 (too large), 422 (schema), 429 (outbox full),
+503 (Redis unreachable and retry buffer full); acceptance is 202 with the message id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cl_scale.worker import protocol as p
+from cl_scale.worker.publisher import BufferFull, OutboxFull, Publisher
+
+log = logging.getLogger("cl_scale.gateway")
+PREFIX = "/cl-scale/v1"
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=p.MAX_BYTES)
+    id: str | None = Field(default=None, min_length=1, max_length=200, description="idempotency key / message id")
+    author: str | None = Field(default=None, max_length=200)
+    elements: list[p.Element] = Field(default_factory=list, max_length=20)
+
+
+class UpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=p.MAX_BYTES)
+    author: str | None = Field(default=None, max_length=200)
+
+
+class StreamIn(BaseModel):
+    """Tokens of one message. Several calls may extend one stream: pass the same ``id`` and the index of
+    the first token (``offset``); the last call sets ``end`` (and ``text``, the full text, if earlier
+    calls carried tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[str] = Field(min_length=0, max_length=10_000)
+    id: str | None = Field(default=None, min_length=1, max_length=200)
+    offset: int = Field(default=0, ge=0)
+    end: bool = True
+    text: str | None = Field(default=None, max_length=p.MAX_BYTES)
+    author: str | None = Field(default=None, max_length=200)
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str = "accepted"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail=None):
+        self.status, self.error, self.detail = status, error, detail
+
+
+class Gateway:
+    def __init__(self, redis_url: str, *, tokens: str | None, worker_keys: str | None, key_id: str | None = None,
+                 prefix: str = "clscale", max_bytes: int = p.MAX_BYTES, outbox_max: int = 1000,
+                 outbox_ttl: float = 3600):
+        self.redis_url, self.prefix, self.max_bytes = redis_url, prefix, max_bytes
+        self.tokens = p.parse_keys(tokens, "CL_SCALE_GATEWAY_TOKENS")
+        keys = p.parse_keys(worker_keys)
+        self.key = keys.get(key_id) if key_id else next(iter(keys.values()), None)
+        self.outbox_max, self.outbox_ttl = outbox_max, outbox_ttl
+        self._pub: Publisher | None = None
+
+    @property
+    def pub(self) -> Publisher:
+        if self._pub is None:
+            if self.key is None:
+                raise ApiError(503, "gateway has no worker key to sign with (CL_SCALE_WORKER_KEYS)")
+            self._pub = Publisher(self.redis_url, self.key.kid, self.key.secret, prefix=self.prefix,
+                                  author="Worker", max_bytes=self.max_bytes, outbox_max=self.outbox_max,
+                                  outbox_ttl=self.outbox_ttl)
+        return self._pub
+
+    async def aclose(self) -> None:
+        if self._pub is not None:
+            await self._pub.aclose(timeout=5)
+
+    # -- request plumbing ----------------------------------------------------------------------------
+    def auth(self, request: Request) -> p.WorkerKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing bearer token")
+        for entry in self.tokens.values():
+            if hmac.compare_digest(entry.secret, token.encode()):
+                return entry
+        raise ApiError(401, "unknown token")
+
+    async def body(self, request: Request, model: type[BaseModel]):
+        declared = request.headers.get("content-length")
+        limit = self.max_bytes + 4096
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body over {limit} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise ApiError(413, f"request body over {limit} bytes")
+        try:
+            return model.model_validate_json(raw or b"null")
+        except ValidationError as exc:
+            raise ApiError(422, "invalid request body",
+                           [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]) from None
+
+    async def session_user(self, session_id: str) -> str | None:
+        raw = await self.pub.redis.hget(f"{self.prefix}:session:{{{session_id}}}", "data")
+        try:
+            return ((json.loads(raw) or {}).get("user") or {}).get("identifier") if raw else None
+        except ValueError:
+            return None
+
+    async def check_scope(self, token: p.WorkerKey, target: p.Target) -> None:
+        if not token.scoped:
+            return
+        user = await self.session_user(target.session) if target.session and token.users else None
+        if not token.allows(target, target.session, user):
+            raise ApiError(403, f"token {token.kid!r} may not reach this {'session' if target.session else 'target'}")
+
+    # -- endpoints -------------------------------------------------------------------------------------
+    async def post_message(self, request: Request):
+        token = self.auth(request)
+        kind, ident = request.path_params["kind"], request.path_params["ident"]
+        target = p.Target(**{{"sessions": "session", "users": "user", "threads": "thread"}[kind]: ident})
+        await self.check_scope(token, target)
+        msg = await self.body(request, MessageIn)
+        elements = [e.model_dump() for e in msg.elements]
+        if target.session:
+            mid = await self.pub.send(ident, msg.text, message_id=msg.id, author=msg.author, elements=elements)
+        elif target.user:
+            mid = await self.pub.send_to_user(ident, msg.text, message_id=msg.id, author=msg.author, elements=elements)
+        else:
+            mid = await self.pub.send_to_thread(ident, msg.text, message_id=msg.id, author=msg.author,
+                                                elements=elements)
+        return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
+
+    async def post_stream(self, request: Request):
+        token = self.auth(request)
+        sid = request.path_params["ident"]
+        await self.check_scope(token, p.Target(session=sid))
+        req = await self.body(request, StreamIn)
+        mid = req.id or p.new_id()
+        pub = self.pub
+        bodies = [pub._body(sid, "token", f"{mid}:{req.offset + i + 1}", mid, tok, req.author)
+                  for i, tok in enumerate(req.tokens) if tok]
+        if req.end:
+            full = req.text if req.text is not None else "".join(req.tokens)
+            bodies.append(pub._body(sid, "stream_end", f"{mid}:end", mid, full, req.author))
+        if bodies:
+            await pub._publish(*bodies)
+        return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
+
+    async def patch_message(self, request: Request):
+        token = self.auth(request)
+        sid, mid = request.path_params["ident"], request.path_params["mid"]
+        await self.check_scope(token, p.Target(session=sid))
+        req = await self.body(request, UpdateIn)
+        await self.pub.update(sid, mid, req.text, author=req.author)
+        return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
+
+    async def delete_message(self, request: Request):
+        token = self.auth(request)
+        sid, mid = request.path_params["ident"], request.path_params["mid"]
+        await self.check_scope(token, p.Target(session=sid))
+        await self.pub.remove(sid, mid)
+        return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
+
+    async def openapi(self, request: Request):
+        return JSONResponse(openapi_spec())
+
+
+def _wrap(handler):
+    async def endpoint(request: Request):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            body = {"error": exc.error}
+            if exc.detail is not None:
+                body["detail"] = exc.detail
+            return JSONResponse(body, status_code=exc.status)
+        except OutboxFull as exc:
+            return JSONResponse({"error": str(exc)}, status_code=429)
+        except BufferFull as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except ValueError as exc:  # MessageTooLarge, bad ids
+            status = 413 if exc.__class__.__name__ == "MessageTooLarge" else 422
+            return JSONResponse({"error": str(exc)}, status_code=status)
+    return endpoint
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    g = gateway
+    routes = [
+        Route(f"{PREFIX}/openapi.json", _wrap(g.openapi), methods=["GET"]),
+        Route(f"{PREFIX}/{{kind:str}}/{{ident:str}}/messages", _wrap(g.post_message), methods=["POST"]),
+        Route(f"{PREFIX}/sessions/{{ident:str}}/stream", _wrap(g.post_stream), methods=["POST"]),
+        Route(f"{PREFIX}/sessions/{{ident:str}}/messages/{{mid:str}}", _wrap(g.patch_message), methods=["PATCH"]),
+        Route(f"{PREFIX}/sessions/{{ident:str}}/messages/{{mid:str}}", _wrap(g.delete_message), methods=["DELETE"]),
+    ]
+
+    async def not_found(request, exc):
+        return JSONResponse({"error": "not found"}, status_code=404)
+
+    async def bad_method(request, exc):
+        return JSONResponse({"error": "method not allowed"}, status_code=405)
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    app.state.gateway = g
+    return _KindGuard(app)
+
+
+class _KindGuard:
+    """Only sessions/users/threads are targets (the route pattern is generic)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            parts = scope["path"][len(PREFIX):].strip("/").split("/")
+            if len(parts) >= 3 and parts[2] == "messages" and parts[0] not in ("sessions", "users", "threads"):
+                return await JSONResponse({"error": "not found"}, status_code=404)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _schema(model) -> dict:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def openapi_spec() -> dict:
+    schemas = {}
+    for model in (MessageIn, UpdateIn, StreamIn, Accepted):
+        s = _schema(model)
+        schemas.update(s.pop("$defs", {}))
+        schemas[model.__name__] = s
+    schemas["Error"] = {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}},
+                        "required": ["error"]}
+    errors = {str(c): {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+              for c, d in ((401, "missing or unknown token"), (403, "token not allowed for this target"),
+                           (413, "too large"), (422, "invalid body"), (429, "outbox full (dead-lettered)"),
+                           (503, "Redis unreachable"))}
+    accepted = {"202": {"description": "accepted", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Accepted"}}}}, **errors}
+
+    def op(summary, model=None, params=("ident",)):
+        out = {"summary": summary, "security": [{"bearer": []}], "responses": accepted,
+               "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params]}
+        if model:
+            out["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        return out
+
+    paths = {f"{PREFIX}/{kind}/{{ident}}/messages": {"post": op(f"Send a message to a {kind[:-1]}", MessageIn)}
+             for kind in ("sessions", "users", "threads")}
+    paths[f"{PREFIX}/sessions/{{ident}}/stream"] = {"post": op("Stream tokens into one message", StreamIn)}
+    paths[f"{PREFIX}/sessions/{{ident}}/messages/{{mid}}"] = {
+        "patch": op("Update a message", UpdateIn, ("ident", "mid")),
+        "delete": op("Remove a message", None, ("ident", "mid"))}
+    return {"openapi": "3.1.0", "info": {"title": "cl-scale worker gateway", "version": "1"},
+            "paths": paths, "components": {"schemas": schemas,
+                                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
+
+
+def from_settings(settings) -> Starlette:
+    return build_app(Gateway(settings.redis_url, tokens=settings.gateway_tokens, worker_keys=settings.worker_keys,
+                             prefix=settings.prefix, max_bytes=settings.worker_max_bytes,
+                             outbox_max=settings.worker_outbox_max, outbox_ttl=settings.worker_outbox_ttl))

@@ -1,0 +1,415 @@
+"""Worker delivery inside an instance: drain each local session's outbox stream through Chainlit.
+
+Publishers append signed entries to ``<prefix>:wk:s:{session}`` and wake the session's owner on its
+own channel (``protocol.OUTBOX_APPEND``). Fast path: when the outbox was empty the wake-up carries the
+entry, and the owner renders it at once (no stream read, no dedupe round trip: the publish script
+already refused an entry rendered before). Otherwise the owner reads its stream with one consumer
+group (consumer ``owner``): entries left pending by a dead owner are read first (``0``), then new ones
+(``>``), so order holds across a move. Each entry is verified (signature, key scope, age), rendered with ``Message.send()`` /
+``stream_token`` inside the session's context (chat context, data layer), then acked and deleted.
+Rendering is exactly-once as the user sees it: entries marked seen (after their emit) are skipped;
+the few a SIGKILLed owner emitted but had not marked yet are emitted again with the same message id,
+which Chainlit's UI upserts (``addMessage`` replaces a known id) instead of showing twice. Rejected entries and repeated failures go to the
+dead-letter stream with a reason. A janitor dead-letters outboxes whose session stayed away past TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import redis.exceptions
+
+from cl_scale.runtime import metrics
+from cl_scale.runtime.redis_conn import connect
+from cl_scale.worker import protocol as p
+
+log = logging.getLogger("cl_scale.delivery")
+
+BATCH = 200
+RECENT = 10_000  # entry ids rendered here lately: a re-read (failed ack, racing duplicate) is skipped
+JANITOR_EVERY = 2.0
+SWEEP_EVERY = 1.0
+# ZREM the outbox index entry only if the stream is really empty (a publish may have raced in).
+_UNINDEX = """
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 1 end
+return 0
+"""
+
+
+class Delivery:
+    def __init__(self, runtime):
+        self.rt = runtime
+        s = runtime.settings
+        self.keys = p.parse_keys(s.worker_keys)
+        self.prefix = s.prefix
+        self.redis = runtime.redis
+        self.outbox_ttl, self.max_age = s.worker_outbox_ttl, s.worker_max_age or s.worker_outbox_ttl
+        self.max_attempts, self.max_bytes = s.worker_max_attempts, s.worker_max_bytes
+        self._unindex = self.redis.register_script(_UNINDEX)
+        self._draining: dict[str, asyncio.Task] = {}
+        self._again: set[str] = set()
+        self._streams: dict[tuple[str, str], object] = {}  # (session, mid) -> Message being streamed
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._wake_loop()), loop.create_task(self._sweep_loop())]
+        log.info("worker delivery on: %d key(s) [%s]", len(self.keys), ", ".join(self.keys))
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._draining.values()]:
+            task.cancel()
+
+    # -- triggers -------------------------------------------------------------------------------------
+    async def on_session_ready(self, session) -> None:
+        """Index the session by user and thread (fan-out targets), then drain what waited for it."""
+        ttl = self.rt.settings.session_timeout
+        try:
+            async with asyncio.timeout(self.rt.settings.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                if session.user is not None:
+                    pipe.sadd(f"{self.prefix}:wk:user:{session.user.identifier}", session.id)
+                    pipe.expire(f"{self.prefix}:wk:user:{session.user.identifier}", ttl)
+                if session.thread_id:
+                    pipe.sadd(f"{self.prefix}:wk:thread:{session.thread_id}", session.id)
+                    pipe.expire(f"{self.prefix}:wk:thread:{session.thread_id}", ttl)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("session %s: user/thread index not written: %s", session.id, exc)
+        self.kick(session.id)
+
+    def kick(self, session_id: str, entry: tuple | None = None) -> None:
+        """Drain a session's outbox; ``entry`` (from the wake-up) is rendered first, without a read.
+        While a drain runs, it is only told to read once more: the entry is in the stream too."""
+        task = self._draining.get(session_id)
+        if task is not None and not task.done():
+            self._again.add(session_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._drain(session_id, entry))
+        self._draining[session_id] = task
+        task.add_done_callback(lambda _t, s=session_id: self._draining.pop(s, None)
+                               if self._draining.get(s) is _t else None)
+
+    async def _wake_loop(self) -> None:
+        """Publishers wake the owner of the session on the owner's own channel."""
+        delay = 0.1
+        while True:
+            client = connect(self.rt.settings.redis_url, timeout=None)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(p.wake_channel(self.prefix, self.rt.settings.instance_id))
+                delay = 0.1
+                async for message in pubsub.listen():
+                    sid, entry = p.parse_wake(message["data"])
+                    if self.rt.is_local(sid):
+                        self.kick(sid, entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("wake-up listener lost (%s); retrying", exc.__class__.__name__)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _sweep_loop(self) -> None:
+        """Safety net for lost wake-ups (listener reconnects): look at every local session's outbox."""
+        from chainlit.session import ws_sessions_id
+
+        last_janitor = 0.0
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                sids = [sid for sid, s in list(ws_sessions_id.items()) if self._connected(s)]
+                if sids:
+                    async with asyncio.timeout(self.rt.settings.redis_timeout):
+                        pipe = self.redis.pipeline(transaction=False)
+                        for sid in sids:
+                            pipe.xlen(p.stream_key(self.prefix, sid))
+                        lengths = await pipe.execute()
+                    for sid, n in zip(sids, lengths):
+                        if n:
+                            self.kick(sid)
+                if time.monotonic() - last_janitor > JANITOR_EVERY:
+                    last_janitor = time.monotonic()
+                    await self.janitor()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox sweep failed: %s", exc)
+
+    # -- draining ---------------------------------------------------------------------------------------
+    def _connected(self, session) -> bool:
+        return bool(session.socket_id) and self.rt.sio is not None and \
+            self.rt.sio.manager.is_connected(session.socket_id, "/")
+
+    async def _drain(self, session_id: str, entry: tuple | None = None) -> None:
+        from chainlit.context import init_ws_context
+        from chainlit.session import WebsocketSession
+
+        delay = 0.1
+        key = p.stream_key(self.prefix, session_id)
+        while True:
+            self._again.discard(session_id)
+            session = WebsocketSession.get_by_id(session_id)
+            if session is None or not self._connected(session):
+                return
+            init_ws_context(session)
+            if entry is not None:  # fast path: the wake-up carried the only entry of the outbox
+                entries, entry = [entry], None
+                if await self._process(session, key, entries, prefetched=True) and session_id not in self._again:
+                    return
+                continue
+            try:
+                owner, entries = await self._read(session_id, key)
+            except redis.exceptions.ResponseError:
+                return  # no stream / group yet: nothing was ever published here
+            except Exception as exc:
+                log.warning("session %s: outbox read failed: %s", session_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if owner != self.rt.settings.instance_id:
+                return  # a peer holds it: the owner delivers (what we just read stays pending for it)
+            if not entries:
+                if session_id in self._again:
+                    continue
+                return
+            if await self._process(session, key, entries):
+                delay = 0.1
+            else:
+                await asyncio.sleep(delay)  # a render failed: retry the same entry, in order, later
+                delay = min(delay * 2, 5.0)
+
+    async def _read(self, session_id: str, key: str) -> tuple[str | None, list]:
+        """One round trip: the owner, entries a previous owner left pending (``0``), then new ones."""
+        async with asyncio.timeout(self.rt.settings.redis_timeout):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.rt.store.key(session_id), "owner")
+            pipe.xreadgroup(p.GROUP, p.CONSUMER, {key: "0"}, count=BATCH)
+            pipe.xreadgroup(p.GROUP, p.CONSUMER, {key: ">"}, count=BATCH)
+            owner, pending, new = await pipe.execute(raise_on_error=False)
+        for result in (owner, pending, new):
+            if isinstance(result, Exception):
+                raise result
+        entries = []
+        for reply in (pending, new):
+            if reply:
+                entries += [(eid, f) for eid, f in reply[0][1] if f]  # deleted-while-pending: empty
+        return (owner.decode() if owner else None), entries
+
+    async def _process(self, session, key: str, entries, prefetched: bool = False) -> bool:
+        """Render a batch in order; False when a render failed (retried later, in order)."""
+        try:
+            return await self._process_batch(session, key, entries, prefetched)
+        except Exception:
+            log.exception("session %s: delivery round failed; retrying", session.id)
+            return False
+        finally:
+            self.rt.hooks.deferred_commit.discard(session.id)
+
+    async def _process_batch(self, session, key: str, entries, prefetched: bool) -> bool:
+        from chainlit.chat_context import chat_contexts
+
+        sid = session.id
+        user = session.user.identifier if session.user is not None else None
+        seen_keys = [self._seen_key(sid, f.get(b"body", b"")) for _, f in entries]
+        if prefetched:  # the publish script checked the seen key a moment ago
+            seen = [k in self._recent for k in seen_keys]
+        else:
+            try:
+                async with asyncio.timeout(self.rt.settings.redis_timeout):
+                    pipe = self.redis.pipeline(transaction=False)
+                    for k in seen_keys:
+                        pipe.exists(k) if k else pipe.echo("0")
+                    seen = [k in self._recent or found in (1, True) for k, found in zip(seen_keys, await pipe.execute())]
+            except Exception as exc:
+                log.warning("session %s: dedupe lookup failed: %s", sid, exc)
+                return False
+        in_context = {m.id for m in chat_contexts.get(sid, [])}
+        checked = []
+        for (eid, fields), seen_key, was_seen in zip(entries, seen_keys, seen):
+            try:
+                body, key_used = p.verify(fields, self.keys, sid, max_age=self.max_age, max_bytes=self.max_bytes)
+                if not key_used.allows(body.target, sid, user):
+                    raise p.Rejected(f"key {key_used.kid!r} is not allowed to reach this session")
+                checked.append((eid, fields, seen_key, was_seen, body, None))
+            except Exception as exc:  # Rejected, or anything a hostile entry might trigger
+                reason = str(exc) if isinstance(exc, p.Rejected) else f"malformed: {exc.__class__.__name__}"
+                checked.append((eid, fields, seen_key, False, None, reason))
+        done, delivered, dead, ok = [], [], [], True
+        for eid, fields, seen_key, was_seen, body, reason in checked:
+            if body is None:
+                dead.append((fields, reason))
+                done.append(eid)
+                continue
+            if was_seen or seen_key in self._recent:  # the latter: a repeat within this batch
+                metrics.WORKER_MESSAGES.labels("duplicate").inc()
+                done.append(eid)
+                continue
+            if body.kind in ("message", "stream_end") and body.mid in in_context:
+                # Re-rendering what a dead owner emitted but never marked seen: the UI upserts by id,
+                # so it shows once; keep one copy in the chat context too.
+                chat_contexts[sid] = [m for m in chat_contexts.get(sid, []) if m.id != body.mid]
+            try:
+                self.rt.hooks.deferred_commit.add(sid)
+                await self._render(session, body)
+            except Exception as exc:
+                tries = await self._count_failure(sid, eid)
+                log.warning("session %s: delivering %s failed (%d/%d): %s", sid, body.mid, tries,
+                            self.max_attempts, exc)
+                if tries >= self.max_attempts:
+                    dead.append((fields, f"delivery failed {tries} times: {exc.__class__.__name__}: {exc}"))
+                    done.append(eid)
+                    continue
+                ok = False
+                break
+            metrics.WORKER_MESSAGES.labels("delivered").inc()
+            metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - body.ts))
+            if body.kind in ("message", "stream_end"):
+                in_context.add(body.mid)
+            delivered.append(seen_key)
+            self._remember(seen_key)
+            done.append(eid)
+        self.rt.hooks.deferred_commit.discard(sid)
+        if delivered:
+            await self.rt.hooks.save(session)  # the batch enters the stored chat context, then is acked
+        await self._settle(key, sid, done, delivered, dead)
+        return ok
+
+    @staticmethod
+    def _message(body: p.Body, content: str | None = None):
+        from chainlit.element import Image, Text
+
+        from cl_scale.runtime.chainlit_hooks import new_message
+
+        elements = [Text(name=e.name, content=e.content or "", display=e.display) if e.type == "text"
+                    else Image(name=e.name, url=e.url, display=e.display) for e in body.elements]
+        return new_message(content=body.content if content is None else content, author=body.author, id=body.mid,
+                           elements=elements)
+
+    async def _render(self, session, body: p.Body) -> None:
+        """Chainlit's own path: persisted by the data layer, added to the chat context."""
+        handle = (session.id, body.mid)
+        if body.kind == "message":
+            await self._message(body).send()
+        elif body.kind == "token":
+            msg = self._streams.get(handle)
+            if msg is None:
+                msg = self._streams[handle] = self._message(body, content="")
+            await msg.stream_token(body.content)
+        elif body.kind == "stream_end":
+            msg = self._streams.pop(handle, None) or self._message(body)
+            msg.content = body.content
+            await msg.send()
+        elif body.kind in ("update", "remove"):
+            # Chainlit's chat context matches messages by identity: act on the one it holds.
+            msg = self._in_context(session.id, body.mid) or self._message(body, content="")
+            if body.kind == "update":
+                msg.content = body.content
+                await msg.update()
+            else:
+                await msg.remove()
+
+    @staticmethod
+    def _in_context(session_id: str, mid: str):
+        from chainlit.chat_context import chat_contexts
+
+        return next((m for m in chat_contexts.get(session_id, []) if m.id == mid), None)
+
+    def _remember(self, seen_key: str | None) -> None:
+        if seen_key:
+            self._recent[seen_key] = None
+            if len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+
+    def _seen_key(self, sid: str, raw: bytes) -> str | None:
+        """Dedupe key from the (unverified) body's eid: only used after verification succeeds."""
+        import json
+
+        try:
+            eid = json.loads(raw).get("eid")
+        except Exception:
+            return None
+        return p.seen_key(self.prefix, sid, eid) if isinstance(eid, str) and len(eid) <= 200 else None
+
+    async def _count_failure(self, sid: str, eid) -> int:
+        try:
+            k = f"{self.prefix}:wk:tries:{{{sid}}}"
+            n = await self.redis.hincrby(k, eid, 1)
+            await self.redis.expire(k, int(self.outbox_ttl) + 60)
+            return n
+        except Exception:
+            return 1
+
+    async def _settle(self, key: str, sid: str, done: list, delivered: list, dead: list) -> None:
+        """Ack + delete handled entries, mark rendered ones seen, dead-letter rejects: one round trip."""
+        if not done:
+            return
+        dedupe_ttl = int(max(self.max_age, self.outbox_ttl)) + 60
+        pipe = self.redis.pipeline(transaction=False)
+        for fields, reason in dead:
+            pipe.xadd(p.dlq_key(self.prefix), {**{k: v for k, v in fields.items() if k in (b"kid", b"body", b"sig")},
+                                                "reason": reason, "session": sid, "at": f"{time.time():.3f}"},
+                      maxlen=100_000, approximate=True)
+        for k in delivered:
+            if k:
+                pipe.set(k, 1, ex=dedupe_ttl)
+        pipe.xack(key, p.GROUP, *done)
+        pipe.xdel(key, *done)
+        await self._unindex(keys=[key, f"{self.prefix}:wk:outboxes"], args=[sid], client=pipe)
+        for attempt in range(3):
+            try:
+                async with asyncio.timeout(self.rt.settings.redis_timeout):
+                    await pipe.execute()
+                break
+            except Exception as exc:  # unacked entries are re-read and skipped as seen / in context
+                log.warning("session %s: ack failed (%s), attempt %d", sid, exc, attempt + 1)
+                await asyncio.sleep(0.1 * 2 ** attempt)
+        for _, reason in dead:
+            metrics.WORKER_MESSAGES.labels("dead_letter").inc()
+            log.warning("session %s: worker message dead-lettered: %s", sid, reason)
+
+    # -- janitor -----------------------------------------------------------------------------------------
+    async def janitor(self) -> None:
+        """Dead-letter entries that waited past the outbox TTL (session offline or unknown)."""
+        index = f"{self.prefix}:wk:outboxes"
+        if not await self.redis.set(f"{self.prefix}:wk:janitor", self.rt.settings.instance_id, nx=True,
+                                    ex=max(1, int(JANITOR_EVERY))):
+            return
+        cutoff = time.time() - self.outbox_ttl
+        stale = await self.redis.zrangebyscore(index, "-inf", cutoff, start=0, num=100)
+        metrics.OUTBOX_DEPTH.set(await self.redis.zcard(index))
+        for raw_sid in stale:
+            sid = raw_sid.decode()
+            key = p.stream_key(self.prefix, sid)
+            entries = await self.redis.xrange(key, count=1000)
+            old = [(eid, f) for eid, f in entries if int(eid.split(b"-")[0]) / 1000 < cutoff]
+            known = await self.redis.exists(f"{self.prefix}:session:{{{sid}}}")
+            reason = (f"expired: session offline past the outbox TTL ({self.outbox_ttl:.0f}s)" if known
+                      else f"unknown session after the outbox TTL ({self.outbox_ttl:.0f}s)")
+            pipe = self.redis.pipeline(transaction=False)
+            for eid, fields in old:
+                pipe.xadd(p.dlq_key(self.prefix), {**fields, "reason": reason, "session": sid,
+                                                    "at": f"{time.time():.3f}"}, maxlen=100_000, approximate=True)
+            if old:
+                pipe.xack(key, p.GROUP, *[e for e, _ in old])
+                pipe.xdel(key, *[e for e, _ in old])
+            rest = entries[len(old):]
+            if rest:
+                pipe.zadd(index, {sid: int(rest[0][0].split(b"-")[0]) / 1000})
+            else:
+                pipe.zrem(index, sid)
+            await pipe.execute()
+            if old:
+                metrics.WORKER_MESSAGES.labels("dead_letter").inc(len(old))
+                log.warning("session %s: %d worker messages dead-lettered (%s)", sid, len(old), reason)

@@ -1,0 +1,105 @@
+"""Three agents (planner -> critic -> writer) that talk among themselves and stream into the user's chat.
+
+No Chainlit here: each agent is a plain process with the cl-scale worker SDK. They share one Redis
+stream of turns (``groupchat:turns``); each agent has its own consumer group, acts on the turns
+addressed to it, streams its answer into the user's chat, and hands the conversation on.
+The "LLM" is deterministic fake text, so the example runs offline.
+
+    python agents.py planner      # one agent
+    python agents.py --all        # all three, as three processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import redis.asyncio as aioredis
+
+from cl_scale.worker import Publisher
+
+TURNS = "groupchat:turns"
+ORDER = ["planner", "critic", "writer"]
+STYLE = {
+    "planner": "Plan for {q!r}: first {a}, then {b}, finally {c}.",
+    "critic": "Critique: the plan skips {a}; check {b} before {c}.",
+    "writer": "Answer: considering {a}, {b} and {c}, here is a short reply to {q!r}.",
+}
+WORDS = ["scope", "data", "risks", "users", "costs", "tests", "latency", "rollout", "budget", "docs"]
+
+
+def fake_llm(agent: str, question: str, transcript: str) -> list[str]:
+    """Deterministic tokens from a hash of the conversation (no network)."""
+    h = hashlib.sha256(f"{agent}|{question}|{transcript}".encode()).digest()
+    a, b, c = (WORDS[x % len(WORDS)] for x in h[:3])
+    text = STYLE[agent].format(q=question[:60], a=a, b=b, c=c)
+    return [w + " " for w in text.split(" ")]
+
+
+async def run_agent(name: str, redis_url: str, key_id: str, key: str, delay: float) -> None:
+    r = aioredis.Redis.from_url(redis_url)
+    group = f"agent-{name}"
+    try:
+        await r.xgroup_create(TURNS, group, id="$", mkstream=True)
+    except aioredis.ResponseError:
+        pass  # exists
+    nxt = ORDER[ORDER.index(name) + 1] if name != ORDER[-1] else None
+    async with Publisher(redis_url, key_id=key_id, key=key, author=name.title()) as pub:
+        print(f"{name}: listening on {TURNS}", flush=True)
+        while True:
+            reply = await r.xreadgroup(group, name, {TURNS: ">"}, count=10, block=1000)
+            for _, entries in reply or []:
+                for eid, f in entries:
+                    turn = {k.decode(): v.decode() for k, v in f.items()}
+                    if turn.get("to") == name:
+                        # One message id per (turn entry, agent): a redelivered turn re-renders nothing new.
+                        mid = f"{name}-{eid.decode()}"
+                        async with pub.stream(turn["session"], message_id=mid) as s:
+                            for tok in fake_llm(name, turn["question"], turn["transcript"]):
+                                await s.token(tok)
+                                await asyncio.sleep(delay)
+                        if nxt:
+                            said = "".join(fake_llm(name, turn["question"], turn["transcript"]))
+                            await r.xadd(TURNS, {**turn, "to": nxt,
+                                                 "transcript": turn["transcript"] + f"\n{name}: {said}"},
+                                         maxlen=10_000, approximate=True)
+                    await r.xack(TURNS, group, eid)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", nargs="?", choices=ORDER)
+    ap.add_argument("--all", action="store_true", help="start all three agents as separate processes")
+    ap.add_argument("--redis-url", default=os.environ.get("CL_SCALE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--delay", type=float, default=0.03, help="seconds between fake tokens")
+    args = ap.parse_args()
+    keys = os.environ.get("CL_SCALE_WORKER_KEYS", "")
+    key_id, _, key = keys.split(",")[0].split(";")[0].partition(":")
+    if not key:
+        sys.exit("set CL_SCALE_WORKER_KEYS=id:secret (the same value the instances use)")
+    if args.all:
+        procs = [subprocess.Popen([sys.executable, __file__, n, "--redis-url", args.redis_url,
+                                   "--delay", str(args.delay)]) for n in ORDER]
+        signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])  # stop them with us
+        try:
+            for p in procs:
+                p.wait()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.send_signal(signal.SIGINT)
+        return
+    if not args.name:
+        ap.error("name an agent or pass --all")
+    try:
+        asyncio.run(run_agent(args.name, args.redis_url, key_id, key, args.delay))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

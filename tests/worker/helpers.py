@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from cl_scale.client import ChainlitClient
+
+
+async def started(client: ChainlitClient) -> ChainlitClient:
+    await client.connect()
+    await client.wait_for(lambda: any("started on" in str(m.get("output")) for m in client.messages()), 15)
+    return client
+
+
+def worker_texts(client: ChainlitClient, prefix: str = "w") -> list[str]:
+    return [m["output"] for m in client.messages() if str(m.get("output", "")).startswith(prefix)]
+
+
+async def dlq(redis_url: str) -> list[dict]:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        return [{k.decode(): v.decode(errors="replace") for k, v in f.items()}
+                for _, f in await r.xrange("clscale:wk:dlq")]
+    finally:
+        await r.aclose()
+
+
+def shown(clients: list[ChainlitClient], prefix: str = "w") -> list[str]:
+    """What Chainlit's UI renders: ``new_message`` upserts by id (frontend ``addMessage``), so a
+    re-emitted id replaces its earlier copy instead of showing twice. First appearance keeps order."""
+    seen, out = set(), []
+    for client in clients:
+        for m in client.messages():
+            text = str(m.get("output", ""))
+            if text.startswith(prefix) and m["id"] not in seen:
+                seen.add(m["id"])
+                out.append(text)
+    return out
+
+
+async def raw_publish(redis_url: str, session_id: str, fields: dict) -> None:
+    """Write an entry straight into a session's outbox (what a buggy or hostile writer could do)."""
+    import redis.asyncio as aioredis
+
+    from cl_scale.worker import protocol as p
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        keys, args = p.outbox_append_call("clscale", session_id, "", fields.get("kid", ""), fields.get("body", b""),
+                                          fields.get("sig", ""), outbox_max=100000, ttl=3600)
+        await r.register_script(p.OUTBOX_APPEND)(keys=keys, args=args)
+    finally:
+        await r.aclose()
+
+
+def signed(session_id: str, secret: bytes, *, kid: str = "k1", text: str = "w", ts: float | None = None,
+           mid: str | None = None, **extra) -> dict:
+    import time
+
+    from cl_scale.worker import protocol as p
+
+    mid = mid or p.new_id()
+    body = p.Body(eid=mid, mid=mid, kind="message", session=session_id, target=p.Target(session=session_id),
+                  ts=ts if ts is not None else time.time(), content=text, **extra)
+    raw = p.canonical(body)
+    return {"kid": kid, "body": raw, "sig": p.sign(secret, raw)}

@@ -1,0 +1,79 @@
+"""`cl-scale send` and `cl-scale dlq`: same path as the SDK; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+from cl_scale.client import ChainlitClient
+from cl_scale.cluster.procs import CL_SCALE, free_port
+from tests.worker.conftest import WORKER_ENV
+from tests.worker.helpers import dlq, raw_publish, signed, started, worker_texts
+
+
+def cli(*args, env=None):
+    return subprocess.run([CL_SCALE, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **WORKER_ENV, **(env or {})})
+
+
+async def test_send_and_dlq_round_trip(cluster, worker_env):
+    (a,) = cluster.start(1, env=worker_env).instances
+    client = await started(ChainlitClient(a.url))
+    url = cluster.redis.url
+    try:
+        out = await asyncio.to_thread(cli, "send", "--session", client.session_id, "--redis-url", url, "w-cli")
+        assert out.returncode == 0, out.stderr
+        await client.wait_for(lambda: "w-cli" in worker_texts(client), 15)
+        assert [m["id"] for m in client.messages() if m["output"] == "w-cli"] == [out.stdout.strip()]
+
+        # A message signed long ago is dead-lettered; replay --resign brings it back.
+        await raw_publish(url, client.session_id, signed(client.session_id, b"secret-one", text="w-late", ts=1.0))
+        for _ in range(40):
+            if await dlq(url):
+                break
+            await asyncio.sleep(0.25)
+        listed = await asyncio.to_thread(cli, "dlq", "list", "--redis-url", url)
+        assert listed.returncode == 0 and "too old" in listed.stdout and client.session_id in listed.stdout
+        dead_id = listed.stdout.split()[0]
+        replay = await asyncio.to_thread(cli, "dlq", "replay", dead_id, "--resign", "--redis-url", url)
+        assert replay.returncode == 0 and "replayed 1" in replay.stdout, replay.stdout + replay.stderr
+        await client.wait_for(lambda: "w-late" in worker_texts(client), 15)
+
+        await raw_publish(url, client.session_id, {"kid": "k1", "body": b"{}", "sig": "00"})
+        for _ in range(40):
+            if await dlq(url):
+                break
+            await asyncio.sleep(0.25)
+        purge = await asyncio.to_thread(cli, "dlq", "purge", "--all", "--redis-url", url)
+        assert purge.returncode == 0 and purge.stdout.strip() == "purged 1"
+        assert await dlq(url) == []
+    finally:
+        await client.close()
+
+
+def test_bad_input_exits_2_with_one_line(redis_server):
+    url = redis_server.url
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    cases = [
+        (["send", "--redis-url", url, "text"], "give --session"),
+        (["send", "--session", "s1", "--redis-url", url, "  "], "must not be empty"),
+        (["send", "--session", "s1", "--redis-url", "http://x", "hi"], "scheme"),
+        (["send", "--session", "s1", "--redis-url", dead, "hi"], "unreachable"),
+        (["send", "--thread", "t", "--user", "u", "--redis-url", url, "hi"], "two targets"),
+        (["send", "--thread", "t", "--session", "s", "--redis-url", url, "hi"], "not in thread"),
+        (["send", "--session", "s1", "--user", "bob", "--redis-url", url, "hi"], "not a session of user"),
+        (["dlq", "replay", "--redis-url", url], "--all"),
+        (["dlq", "purge", "not-an-id", "--redis-url", url], "not a stream id"),
+    ]
+    for args, expected in cases:
+        out = cli(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, out.stderr)
+    no_key = subprocess.run([CL_SCALE, "send", "--session", "s1", "--redis-url", url, "hi"], capture_output=True,
+                            text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                        if not k.startswith("CL_SCALE_WORKER")})
+    assert no_key.returncode == 2 and "worker key" in no_key.stderr
+    bad_keys = cli("send", "--session", "s1", "--redis-url", url, "hi", env={"CL_SCALE_WORKER_KEYS": "oops"})
+    assert bad_keys.returncode == 2 and "CL_SCALE_WORKER_KEYS" in bad_keys.stderr
