@@ -82,7 +82,7 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
             asgi_app, host=settings.host, port=settings.port, ws=os.environ.get("UVICORN_WS_PROTOCOL", "auto"),
             log_level="debug" if debug else "warning", ws_per_message_deflate=deflate,
             ssl_keyfile=os.environ.get("CHAINLIT_SSL_KEY"), ssl_certfile=os.environ.get("CHAINLIT_SSL_CERT"),
-            timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
+            timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
         await server.serve()
 
     asyncio.run(serve())
@@ -90,6 +90,11 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
 
 # After the drain has handed every client over, uvicorn only closes what is left.
 SHUTDOWN_AFTER_DRAIN_SECONDS = 5
+# Idle keep-alive of balancer -> instance connections. It must outlast the balancer's own (nginx
+# upstream keepalive_timeout 60s, ingress-nginx 60s, cloud LBs 60s): with uvicorn's default 5 s the
+# instance closes a connection just as nginx reuses it, and that POST fails with a 502 (measured in
+# the reconnect-storm load test), since nginx never retries a non-idempotent request.
+KEEP_ALIVE_SECONDS = 75
 
 
 def _server_class():

@@ -50,7 +50,13 @@ def test_upstream_proxy_and_websocket_directives():
     up = [d for d in ds if d.block == ("upstream",)]
     assert [d.args for d in up if d.name == "server"] == [
         (f"127.0.0.1:{9000 + i}", "max_fails=5", "fail_timeout=3s") for i in range(4)]
-    assert [d.name for d in up] == ["ip_hash", "server", "server", "server", "server", "keepalive"]
+    assert [d.name for d in up] == ["ip_hash", "server", "server", "server", "server", "keepalive",
+                                    "keepalive_timeout"]
+    # Shorter than the instances' idle keep-alive, so nginx never reuses a connection being closed.
+    from cl_scale.runtime.launcher import KEEP_ALIVE_SECONDS
+
+    timeout = next(d.args[0] for d in up if d.name == "keepalive_timeout")
+    assert timeout.endswith("s") and int(timeout[:-1]) < KEEP_ALIVE_SECONDS
     loc = {d.name: d.args for d in ds if d.block == ("server", "location") and d.name != "proxy_set_header"}
     headers = {d.args[0]: d.args[1] for d in find(ds, "proxy_set_header")}
     assert headers["Host"] == "$http_host"  # not $host: Engine.IO 403s the websocket without the port
