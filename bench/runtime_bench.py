@@ -98,7 +98,7 @@ def run_setup(name: str, tmp: Path, redis: RedisServer, n: int, kind: str) -> li
         if kind == "stock":
             inst.command = [CHAINLIT, "run", "app.py", "--headless", "--port", str(inst.port)]
         elif kind == "stock-redis":
-            inst.command = [PY, str(ROOT / "bench" / "stock_redis_chainlit.py"), "app.py"]
+            inst.command = [PY, "-m", "cl_scale.loadtest.stock_redis_chainlit", "app.py"]
             inst.env = {"REDIS_URL": redis.url, "CHAINLIT_PORT": str(inst.port), "CHAINLIT_HOST": "127.0.0.1"}
         instances.append(inst.start())
     for inst in instances:

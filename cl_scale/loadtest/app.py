@@ -3,7 +3,7 @@
 ``echo`` any text -> ``echo=<text> instance=<id>``; ``stream N`` -> N streamed tokens ``t0 t1 ...``.
 Worker pushes (``cl-scale send``, the SDK) need nothing here: cl-scale delivers them.
 
-    cl-scale run loadtest/app.py        (or: chainlit run loadtest/app.py)
+    cl-scale run app.py        (``loadtest/app.py`` in the repository imports this module)
 """
 
 import os
