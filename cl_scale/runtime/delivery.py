@@ -32,10 +32,23 @@ BATCH = 200
 RECENT = 10_000  # entry ids rendered here lately: a re-read (failed ack, racing duplicate) is skipped
 JANITOR_EVERY = 2.0
 SWEEP_EVERY = 1.0
-# ZREM the outbox index entry only if the stream is really empty (a publish may have raced in).
-_UNINDEX = """
-if redis.call('XLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 1 end
-return 0
+# Settle one batch in one round trip. KEYS: stream, outbox index, dlq, then the seen keys to set.
+# ARGV: session, dedupe ttl, now, n handled entry ids, the ids, then (kid, body, sig, reason) per dead
+# letter. The index entry goes only if the stream is really empty (a publish may have raced in).
+_SETTLE = """
+local sid, ttl, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if n > 0 then
+  local ids = {unpack(ARGV, 5, 4 + n)}
+  pcall(redis.call, 'XACK', KEYS[1], 'deliver', unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+for k = 4, #KEYS do redis.call('SET', KEYS[k], 1, 'EX', ttl) end
+for i = 5 + n, #ARGV, 4 do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'kid', ARGV[i], 'body', ARGV[i + 1],
+             'sig', ARGV[i + 2], 'reason', ARGV[i + 3], 'session', sid, 'at', now)
+end
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], sid) end
+return 1
 """
 
 
@@ -48,7 +61,7 @@ class Delivery:
         self.redis = runtime.redis
         self.outbox_ttl, self.max_age = s.worker_outbox_ttl, s.worker_max_age or s.worker_outbox_ttl
         self.max_attempts, self.max_bytes = s.worker_max_attempts, s.worker_max_bytes
-        self._unindex = self.redis.register_script(_UNINDEX)
+        self._settle_script = self.redis.register_script(_SETTLE)
         self._draining: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
         self._streams: dict[tuple[str, str], object] = {}  # (session, mid) -> Message being streamed
@@ -356,21 +369,14 @@ class Delivery:
         if not done:
             return
         dedupe_ttl = int(max(self.max_age, self.outbox_ttl)) + 60
-        pipe = self.redis.pipeline(transaction=False)
+        keys = [key, f"{self.prefix}:wk:outboxes", p.dlq_key(self.prefix), *filter(None, delivered)]
+        args = [sid, dedupe_ttl, f"{time.time():.3f}", len(done), *done]
         for fields, reason in dead:
-            pipe.xadd(p.dlq_key(self.prefix), {**{k: v for k, v in fields.items() if k in (b"kid", b"body", b"sig")},
-                                                "reason": reason, "session": sid, "at": f"{time.time():.3f}"},
-                      maxlen=100_000, approximate=True)
-        for k in delivered:
-            if k:
-                pipe.set(k, 1, ex=dedupe_ttl)
-        pipe.xack(key, p.GROUP, *done)
-        pipe.xdel(key, *done)
-        await self._unindex(keys=[key, f"{self.prefix}:wk:outboxes"], args=[sid], client=pipe)
+            args += [fields.get(b"kid", b""), fields.get(b"body", b""), fields.get(b"sig", b""), reason]
         for attempt in range(3):
             try:
                 async with asyncio.timeout(self.rt.settings.redis_timeout):
-                    await pipe.execute()
+                    await self._settle_script(keys=keys, args=args)
                 break
             except Exception as exc:  # unacked entries are re-read and skipped as seen / in context
                 log.warning("session %s: ack failed (%s), attempt %d", sid, exc, attempt + 1)

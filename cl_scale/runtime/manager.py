@@ -189,9 +189,8 @@ class LocalFirstRedisManager(AsyncRedisManager):
             try:
                 await pubsub.subscribe(self.channel, self.broadcast_channel)
                 backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message" or message["channel"] not in channels:
+                async for message in pubsub.listen():  # blocks on the socket: no polling timer per message
+                    if message.get("type") != "message" or message["channel"] not in channels:
                         continue
                     data = message["data"]
                     if data == b"ping":
