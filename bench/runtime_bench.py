@@ -4,7 +4,7 @@
 (b) 3 stock Chainlit instances with python-socketio's ``AsyncRedisManager``;
 (c) 3 ``cl-scale run`` instances.
 The client talks to instance 1 directly in every setup, so only the server side differs.
-Writes bench/out/runtime.json and bench/out/runtime.png.
+Writes bench/runtime.json and bench/plots/runtime.png (committed; the README quotes them).
 
     python bench/runtime_bench.py [--quick]
 """
@@ -27,7 +27,7 @@ from cl_scale.cluster.procs import Instance, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "tests" / "apps" / "counter_app.py"
-OUT = ROOT / "bench" / "out"
+OUT = ROOT / "bench" / "plots"
 PY = sys.executable
 CHAINLIT = str(Path(PY).parent / "chainlit")
 
@@ -144,7 +144,7 @@ def main() -> None:
             "stream_speedup_vs_stock_redis_manager": stock_redis["stream_s"] / ours["stream_s"],
         },
     }
-    (OUT / "runtime.json").write_text(json.dumps(report, indent=2))
+    (ROOT / "bench" / "runtime.json").write_text(json.dumps(report, indent=2))
     plot(report, OUT / "runtime.png")
     print(json.dumps(report["ratios"], indent=2))
 

@@ -8,7 +8,7 @@ Latency rounds alternate (a)/(b) so machine noise lands on both. Throughput: M m
 publisher goes, into the session connected to instance 1 (one instance), then split over the sessions of
 all 3 instances at once; loss = sent - distinct ids received after a settle time. The
 receiving clients run in this process on the same 2 cores, so they bound both paths alike.
-Writes bench/out/worker.json and bench/out/worker.png. Not a test.
+Writes bench/worker.json and bench/plots/worker.png (committed; the README quotes them). Not a test.
 
     python bench/worker_bench.py [--quick]
 """
@@ -34,7 +34,7 @@ from cl_scale.worker import Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "tests" / "apps" / "counter_app.py"
-OUT = ROOT / "bench" / "out"
+OUT = ROOT / "bench" / "plots"
 KEYS = "bench:bench-secret-0123456789"
 SESSIONS_PER_INSTANCE = 1
 
@@ -204,7 +204,7 @@ def main() -> None:
     lat = results["latency"]
     report = {
         **results,
-        "note": "2-core machine shared with other engineers' tests while measured; loopback Redis",
+        "note": "2 cores shared by instances, Redis, publisher and receiving clients; loopback",
         "targets": {
             "p50_ratio_worker_vs_raw": round(lat["worker"]["p50_ms"] / lat["raw_emit"]["p50_ms"], 2),
             "p50_within_2x": lat["worker"]["p50_ms"] <= 2 * lat["raw_emit"]["p50_ms"],
@@ -215,7 +215,7 @@ def main() -> None:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "worker.json").write_text(json.dumps(report, indent=2))
+    (ROOT / "bench" / "worker.json").write_text(json.dumps(report, indent=2))
     plot(report, OUT / "worker.png")
     print(json.dumps(report["targets"], indent=2))
 
