@@ -109,9 +109,10 @@ redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
 redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
 local owner = redis.call('HGET', KEYS[4], 'owner')
 if owner then
-  if n == 0 then
+  -- kid and session are the only free-form fields before the body: a newline would shift the split
+  if n == 0 and not string.find(ARGV[1] .. ARGV[7], '\\n', 1, true) then
     redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7] .. '\\n' .. id .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[2])
-  elseif n == 1 then
+  elseif n <= 1 then
     redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7])
   end
 end

@@ -24,6 +24,9 @@ async def test_bad_entries_are_dead_lettered_never_delivered(cluster, worker_env
     sid = client.session_id
     try:
         cases = {
+            # First into the empty outbox: the wake-up would carry it, but a newline in a field
+            # before the body must not shift the fields (the owner reads it from the stream instead).
+            "unknown key id 'k1\\nx'": signed(sid, K1, kid="k1\nx", text="w-newline-kid"),
             "unsigned": {"body": signed(sid, K1, text="w-unsigned")["body"]},
             "bad signature": {**signed(sid, K1, text="w-forged"), "sig": "0" * 64},
             "unknown key id": signed(sid, b"whatever", kid="k9", text="w-k9"),
