@@ -283,7 +283,7 @@ class ChainlitHooks:
             metrics.RESTORED.inc()
             log.info("session %s restored from Redis (was on %s)", session_id, record["owner"])
         await self.rt.join_rooms(sid, session)
-        await self.save(session, claim=True)
+        await self.save(session, claim=True, connected=True)  # accepted; python-socketio still calls it pending
         return accepted
 
     async def connection_successful(self, sid, *args):
@@ -529,8 +529,13 @@ class ChainlitHooks:
             self._again.discard(session_id)
             self.schedule_save(session_id)
 
-    async def save(self, session, *, connected: bool = True, claim: bool = False) -> None:
+    async def save(self, session, *, connected: bool | None = None, claim: bool = False) -> None:
+        """``connected`` defaults to the socket's real state: a write that lands after a disconnect
+        (a scheduled save, a worker batch) must not mark the session connected again."""
         from chainlit.chat_context import chat_contexts
+
+        if connected is None:
+            connected = self.rt.socket_connected(session)
 
         lock = self._locks.setdefault(session.id, asyncio.Lock())
         async with lock:

@@ -162,8 +162,7 @@ class Delivery:
 
     # -- draining ---------------------------------------------------------------------------------------
     def _connected(self, session) -> bool:
-        return bool(session.socket_id) and self.rt.sio is not None and \
-            self.rt.sio.manager.is_connected(session.socket_id, "/")
+        return self.rt.socket_connected(session)
 
     async def _drain(self, session_id: str, entry: tuple | None = None) -> None:
         from chainlit.context import init_ws_context
@@ -259,13 +258,14 @@ class Delivery:
             except Exception as exc:  # Rejected, or anything a hostile entry might trigger
                 reason = str(exc) if isinstance(exc, p.Rejected) else f"malformed: {exc.__class__.__name__}"
                 checked.append((eid, fields, seen_key, False, None, reason))
-        done, delivered, dead, ok = [], [], [], True
+        done, delivered, rendered, dead, ok = [], [], set(), [], True
+        batch_keys: set[str] = set()
         for eid, fields, seen_key, was_seen, body, reason in checked:
             if body is None:
                 dead.append((fields, reason))
                 done.append(eid)
                 continue
-            if was_seen or seen_key in self._recent:  # the latter: a repeat within this batch
+            if was_seen or seen_key in self._recent or seen_key in batch_keys:  # the last: a repeat in this batch
                 metrics.WORKER_MESSAGES.labels("duplicate").inc()
                 done.append(eid)
                 continue
@@ -291,12 +291,23 @@ class Delivery:
             if body.kind in ("message", "stream_end"):
                 in_context.add(body.mid)
             delivered.append(seen_key)
-            self._remember(seen_key)
+            if seen_key:
+                batch_keys.add(seen_key)
+            rendered.add(eid)
             done.append(eid)
         self.rt.hooks.deferred_commit.discard(sid)
         if delivered:
             await self.rt.hooks.save(session)  # the batch enters the stored chat context, then is acked
+            if not self._connected(session):
+                # The socket went away while the batch was rendered: what it emitted may never have
+                # reached the browser. Those entries stay in the outbox; whoever holds the session
+                # next renders them again, with the same ids (the UI upserts, the context dedupes).
+                log.info("session %s disconnected during delivery: %d message(s) stay in its outbox",
+                         sid, len(rendered))
+                done, delivered = [e for e in done if e not in rendered], []
         await self._settle(key, sid, done, delivered, dead)
+        for seen_key in delivered:
+            self._remember(seen_key)
         return ok
 
     @staticmethod

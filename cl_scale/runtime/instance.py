@@ -120,6 +120,11 @@ class Instance:
 
         return WebsocketSession.get_by_id(session_id) is not None
 
+    def socket_connected(self, session) -> bool:
+        """The session's socket is connected to this instance right now (not closed or closing)."""
+        return bool(getattr(session, "socket_id", None)) and self.sio is not None and \
+            bool(self.sio.manager.is_connected(session.socket_id, "/"))
+
     # -- graceful drain (SIGTERM) ---------------------------------------------------------------
     async def drain(self, seconds: float) -> None:
         """Leave without losing anyone: fail readiness now, let in-flight replies finish (up to

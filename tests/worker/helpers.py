@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from cl_scale.client import ChainlitClient
 
 
@@ -11,6 +13,23 @@ async def started(client: ChainlitClient) -> ChainlitClient:
 
 def worker_texts(client: ChainlitClient, prefix: str = "w") -> list[str]:
     return [m["output"] for m in client.messages() if str(m.get("output", "")).startswith(prefix)]
+
+
+async def offline(redis_url: str, client: ChainlitClient, timeout: float = 10.0) -> None:
+    """Close the client and wait until its instance has recorded the disconnect in Redis: only then
+    is the session offline (a message published a moment earlier may still be rendered to it)."""
+    import redis.asyncio as aioredis
+
+    await client.close()
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        for _ in range(int(timeout / 0.05)):  # bounded
+            if await r.hget(f"clscale:session:{{{client.session_id}}}", "connected") == b"0":
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"session {client.session_id} still recorded as connected after {timeout}s")
+    finally:
+        await r.aclose()
 
 
 async def dlq(redis_url: str) -> list[dict]:

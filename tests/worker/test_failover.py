@@ -6,7 +6,7 @@ import asyncio
 
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import OutboxFull, Publisher
-from tests.worker.helpers import dlq, shown, started, worker_texts
+from tests.worker.helpers import dlq, offline, shown, started, worker_texts
 
 
 async def test_sigkill_owner_with_200_in_flight_all_shown_once_in_order(cluster, worker_env):
@@ -37,7 +37,7 @@ async def test_sigkill_owner_with_200_in_flight_all_shown_once_in_order(cluster,
 async def test_messages_sent_while_disconnected_arrive_on_reconnect_elsewhere(cluster, worker_env):
     a, b = cluster.start(2, env=worker_env).instances
     client = await started(ChainlitClient(a.url, reconnection=False))
-    await client.close()
+    await offline(cluster.redis.url, client)
     async with Publisher(cluster.redis.url, key_id="k1", key="secret-one") as pub:
         for i in range(10):
             await pub.send(client.session_id, f"w{i}")
@@ -55,7 +55,7 @@ async def test_outbox_bound_and_ttl_dead_letter_instead_of_dropping(cluster, wor
     env = {**worker_env, "CL_SCALE_WORKER_OUTBOX_TTL": "3"}
     (a,) = cluster.start(1, env=env).instances
     client = await started(ChainlitClient(a.url, reconnection=False))
-    await client.close()
+    await offline(cluster.redis.url, client)
     async with Publisher(cluster.redis.url, key_id="k1", key="secret-one", outbox_max=5) as pub:
         for i in range(5):
             await pub.send(client.session_id, f"w{i}")
