@@ -5,12 +5,14 @@ own channel (``protocol.OUTBOX_APPEND``). Fast path: when the outbox was empty t
 entry, and the owner renders it at once (no stream read, no dedupe round trip: the publish script
 already refused an entry rendered before). Otherwise the owner reads its stream with one consumer
 group (consumer ``owner``): entries left pending by a dead owner are read first (``0``), then new ones
-(``>``), so order holds across a move. Each entry is verified (signature, key scope, age), rendered with ``Message.send()`` /
-``stream_token`` inside the session's context (chat context, data layer), then acked and deleted.
-Rendering is exactly-once as the user sees it: entries marked seen (after their emit) are skipped;
-the few a SIGKILLed owner emitted but had not marked yet are emitted again with the same message id,
-which Chainlit's UI upserts (``addMessage`` replaces a known id) instead of showing twice. Rejected entries and repeated failures go to the
-dead-letter stream with a reason. A janitor dead-letters outboxes whose session stayed away past TTL.
+(``>``), so order holds across a move. Each entry is verified (signature, key scope, age), rendered
+with ``Message.send()`` / ``stream_token`` inside the session's context (chat context, data layer),
+then acked and deleted in one Lua call. Rendering is exactly-once as the user sees it: entries marked
+seen are skipped; the few a SIGKILLed owner emitted but had not marked yet, or a batch during which
+the socket closed, are emitted again with the same message id, which Chainlit's UI upserts
+(``addMessage`` replaces a known id) instead of showing twice. Rejected entries and repeated failures
+go to the dead-letter stream with a reason. A janitor dead-letters outboxes whose session stayed away
+past the TTL.
 """
 
 from __future__ import annotations
