@@ -267,7 +267,7 @@ class Delivery:
                 dead.append((fields, reason))
                 done.append(eid)
                 continue
-            if was_seen or seen_key in self._recent or seen_key in batch_keys:  # the last: a repeat in this batch
+            if was_seen or seen_key in batch_keys:  # the latter: a repeat within this batch
                 metrics.WORKER_MESSAGES.labels("duplicate").inc()
                 done.append(eid)
                 continue
