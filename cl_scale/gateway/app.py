@@ -116,18 +116,31 @@ class Gateway:
             raise ApiError(422, "invalid request body",
                            [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]) from None
 
-    async def session_user(self, session_id: str) -> str | None:
+    async def stored_session(self, session_id: str) -> tuple[str | None, str | None] | None:
+        """(user identifier, thread id) as Redis holds them for the session; None if unknown."""
         raw = await self.pub.redis.hget(f"{self.prefix}:session:{{{session_id}}}", "data")
+        if not raw:
+            return None
         try:
-            return ((json.loads(raw) or {}).get("user") or {}).get("identifier") if raw else None
+            snap = json.loads(raw) or {}
         except ValueError:
             return None
+        return ((snap.get("user") or {}).get("identifier"), snap.get("thread_id"))
 
     async def check_scope(self, token: p.WorkerKey, target: p.Target) -> None:
+        """A scoped token reaches a session whose *stored* id, user or thread it names, a user it
+        names, or a thread it names: never what the request says about the session."""
         if not token.scoped:
             return
-        user = await self.session_user(target.session) if target.session and token.users else None
-        if not token.allows(target, target.session, user):
+        if target.session:
+            stored = await self.stored_session(target.session)
+            user, thread = stored if stored else (None, None)
+            allowed = token.allows(target.session, user, thread)
+        elif target.user:
+            allowed = target.user in token.users
+        else:
+            allowed = target.thread in token.threads
+        if not allowed:
             raise ApiError(403, f"token {token.kid!r} may not reach this {'session' if target.session else 'target'}")
 
     # -- endpoints -------------------------------------------------------------------------------------

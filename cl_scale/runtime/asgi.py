@@ -93,7 +93,12 @@ class InstanceApp:
             await emit_to_session(session_id, "cl-scale:doctor", {"nonce": nonce, "from": me})
             return await _respond(send, 202, json.dumps({"from": me}).encode())
         if scope["path"] == DOCTOR_PREFIX + "session" and scope["method"] == "GET":
-            record = await self.instance.store.load(session_id)
+            from cl_scale.runtime.session_store import StoreUnavailable
+
+            try:
+                record = await self.instance.store.load(session_id)
+            except StoreUnavailable:
+                return await _respond(send, 503, json.dumps({"from": me, "error": "redis unavailable"}).encode())
             if record is None:
                 return await _respond(send, 404, json.dumps({"from": me, "error": "unknown session"}).encode())
             body = {"from": me, "owner": record["owner"], "connected": record["connected"],

@@ -21,7 +21,7 @@ from importlib.metadata import version as dist_version
 
 from cl_scale.errors import UserError
 from cl_scale.runtime import metrics
-from cl_scale.runtime.session_store import NotOwner
+from cl_scale.runtime.session_store import NotOwner, StoreUnavailable
 
 log = logging.getLogger("cl_scale.hooks")
 
@@ -50,6 +50,9 @@ REQUIRED = [
 # Longest a change made inside a running message handler waits before it is written to Redis; the
 # handler's end writes at once. Bounds what a SIGKILL during a long (streaming) reply can lose.
 IN_HANDLER_SAVE_DELAY = 0.5
+# Longest a handshake waits for Redis to answer whether its session exists (a stall, a failover).
+# Past it the transport is dropped without a verdict, and the client reconnects by itself later.
+HANDSHAKE_STORE_WAIT = 10.0
 # Longest a reply waits for its session's state to be written (then it goes anyway; the write finishes
 # in the background). Normal loopback writes take well under a millisecond.
 COMMIT_WAIT_SECONDS = 0.05
@@ -189,6 +192,7 @@ class ChainlitHooks:
         self._locks: dict[str, asyncio.Lock] = {}
         self._warned_keys: set[str] = set()
         self._changes: dict[str, _ContextChanges] = {}
+        self._handshakes: dict[str, list] = {}  # session id -> [lock, handshakes waiting]
         self.restore_callbacks: list = []
         #: Sessions whose messages are being rendered from the worker outbox: their entries stay
         #: pending in Redis until the batch is saved, so per-message commits are skipped (delivery.py).
@@ -258,10 +262,35 @@ class ChainlitHooks:
 
     # -- socket handlers ------------------------------------------------------------------------
     async def connect(self, sid, environ, auth=None):
+        """Restore the session from Redis if it lives elsewhere, then let Chainlit connect it.
+
+        Handshakes of one session run one at a time: a client that retried while Redis stalled
+        may have several waiting, and only one may rehydrate (the rest find it local)."""
+        session_id = validate_auth(auth)
+        waiting = self._handshakes.get(session_id)
+        if waiting is None:
+            waiting = self._handshakes[session_id] = [asyncio.Lock(), 0]
+        waiting[1] += 1
+        try:
+            async with waiting[0]:
+                return await self._connect_one(sid, environ, auth, session_id)
+        finally:
+            waiting[1] -= 1
+            if not waiting[1]:
+                self._handshakes.pop(session_id, None)
+
+    async def _connect_one(self, sid, environ, auth, session_id: str):
         from chainlit.session import WebsocketSession
 
-        session_id = validate_auth(auth)
-        record = await self.rt.store.load(session_id)
+        try:
+            record = await self._load_for_handshake(sid, session_id)
+        except StoreUnavailable:
+            # Neither restore nor start fresh: a fresh session would be claimed over the stored one.
+            log.warning("session %s: Redis unavailable during the handshake; client will retry", session_id)
+            await self.rt.drop_transport(sid)
+            return False
+        if not self.rt.transport_open(sid):
+            return False  # the client gave up on this handshake while it waited (it has retried)
         local = WebsocketSession.get_by_id(session_id)
         if local is not None and record and record["owner"] != self.rt.settings.instance_id:
             self.forget(local)  # a peer took the session over since: our copy is stale
@@ -285,6 +314,19 @@ class ChainlitHooks:
         await self.rt.join_rooms(sid, session)
         await self.save(session, claim=True, connected=True)  # accepted; python-socketio still calls it pending
         return accepted
+
+    async def _load_for_handshake(self, sid: str, session_id: str) -> dict | None:
+        """Load, retrying while Redis stalls, up to ``HANDSHAKE_STORE_WAIT`` or until the client
+        goes away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDSHAKE_STORE_WAIT
+        while True:
+            try:
+                return await self.rt.store.load(session_id)
+            except StoreUnavailable:
+                if loop.time() + 0.2 >= deadline or not self.rt.transport_open(sid):
+                    raise
+                await asyncio.sleep(0.2)
 
     async def connection_successful(self, sid, *args):
         from chainlit.context import init_ws_context

@@ -2,13 +2,13 @@
 
 Publishers append signed entries to ``<prefix>:wk:s:{session}`` and wake the session's owner on its
 own channel (``protocol.OUTBOX_APPEND``). Fast path: when the outbox was empty the wake-up carries the
-entry, and the owner renders it at once (no stream read, no dedupe round trip: the publish script
-already refused an entry rendered before). Otherwise the owner reads its stream with one consumer
+entry, and the owner renders it without reading the stream. Otherwise the owner reads its stream with one consumer
 group (consumer ``owner``): entries left pending by a dead owner are read first (``0``), then new ones
 (``>``), so order holds across a move. Each entry is verified (signature, key scope, age), rendered
 with ``Message.send()`` / ``stream_token`` inside the session's context (chat context, data layer),
-then acked and deleted in one Lua call. Rendering is exactly-once as the user sees it: entries marked
-seen are skipped; the few a SIGKILLed owner emitted but had not marked yet, or a batch during which
+then acked and deleted in one Lua call. Rendering is exactly-once as the user sees it: an entry whose
+verified id is marked seen in Redis (on every path) is a replay or a repeat and is dead-lettered as a
+duplicate; the few a SIGKILLed owner emitted but had not marked yet, or a batch during which
 the socket closed, are emitted again with the same message id, which Chainlit's UI upserts
 (``addMessage`` replaces a known id) instead of showing twice. Rejected entries and repeated failures
 go to the dead-letter stream with a reason. A janitor dead-letters outboxes whose session stayed away
@@ -18,7 +18,6 @@ past the TTL.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
@@ -31,11 +30,10 @@ from cl_scale.worker import protocol as p
 log = logging.getLogger("cl_scale.delivery")
 
 BATCH = 200
-RECENT = 10_000  # entry ids rendered here lately: a re-read (failed ack, racing duplicate) is skipped
 JANITOR_EVERY = 2.0
 SWEEP_EVERY = 1.0
 # Settle one batch in one round trip. KEYS: stream, outbox index, dlq, then the seen keys to set.
-# ARGV: session, dedupe ttl, now, n handled entry ids, the ids, then (kid, body, sig, reason) per dead
+# ARGV: session, dedupe ttl, now, n handled entry ids, the ids, then (kid, body, sig, code, reason) per dead
 # letter. The index entry goes only if the stream is really empty (a publish may have raced in).
 _SETTLE = """
 local sid, ttl, now, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -45,9 +43,9 @@ if n > 0 then
   redis.call('XDEL', KEYS[1], unpack(ids))
 end
 for k = 4, #KEYS do redis.call('SET', KEYS[k], 1, 'EX', ttl) end
-for i = 5 + n, #ARGV, 4 do
+for i = 5 + n, #ARGV, 5 do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'kid', ARGV[i], 'body', ARGV[i + 1],
-             'sig', ARGV[i + 2], 'reason', ARGV[i + 3], 'session', sid, 'at', now)
+             'sig', ARGV[i + 2], 'code', ARGV[i + 3], 'reason', ARGV[i + 4], 'session', sid, 'at', now)
 end
 if redis.call('XLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], sid) end
 return 1
@@ -67,7 +65,6 @@ class Delivery:
         self._draining: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
         self._streams: dict[tuple[str, str], object] = {}  # (session, mid) -> Message being streamed
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -232,43 +229,46 @@ class Delivery:
             self.rt.hooks.deferred_commit.discard(session.id)
 
     async def _process_batch(self, session, key: str, entries, prefetched: bool) -> bool:
+        """Verify, dedupe and render one batch. Every path — the wake-up fast path too — checks the
+        seen key of the id *inside the verified body* in Redis: the publish script's own check uses
+        an id its caller passes, so a captured entry appended again with another id reaches here
+        and must be recognised as a replay."""
         from chainlit.chat_context import chat_contexts
 
         sid = session.id
         user = session.user.identifier if session.user is not None else None
-        seen_keys = [self._seen_key(sid, f.get(b"body", b"")) for _, f in entries]
-        if prefetched:  # the publish script checked the seen key a moment ago
-            seen = [k in self._recent for k in seen_keys]
-        else:
-            try:
-                async with asyncio.timeout(self.rt.settings.redis_timeout):
-                    pipe = self.redis.pipeline(transaction=False)
-                    for k in seen_keys:
-                        pipe.exists(k) if k else pipe.echo("0")
-                    seen = [k in self._recent or found in (1, True) for k, found in zip(seen_keys, await pipe.execute())]
-            except Exception as exc:
-                log.warning("session %s: dedupe lookup failed: %s", sid, exc)
-                return False
-        in_context = {m.id for m in chat_contexts.get(sid, [])}
         checked = []
-        for (eid, fields), seen_key, was_seen in zip(entries, seen_keys, seen):
+        for eid, fields in entries:
             try:
                 body, key_used = p.verify(fields, self.keys, sid, max_age=self.max_age, max_bytes=self.max_bytes)
-                if not key_used.allows(body.target, sid, user):
-                    raise p.Rejected(f"key {key_used.kid!r} is not allowed to reach this session")
-                checked.append((eid, fields, seen_key, was_seen, body, None))
+                # Scope against the session itself (restored from Redis), never the body's target.
+                if not key_used.allows(sid, user, session.thread_id):
+                    raise p.Rejected("out_of_scope", f"key {key_used.kid!r} is not allowed to reach this session")
+                checked.append((eid, fields, p.seen_key(self.prefix, sid, body.eid), body, None))
             except Exception as exc:  # Rejected, or anything a hostile entry might trigger
-                reason = str(exc) if isinstance(exc, p.Rejected) else f"malformed: {exc.__class__.__name__}"
-                checked.append((eid, fields, seen_key, False, None, reason))
+                rejected = exc if isinstance(exc, p.Rejected) else p.Rejected(
+                    "malformed", f"malformed: {exc.__class__.__name__}")
+                checked.append((eid, fields, None, None, rejected))
+        seen_keys = [k for _, _, k, _, _ in checked if k]
+        try:
+            async with asyncio.timeout(self.rt.settings.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for k in seen_keys:
+                    pipe.exists(k)
+                seen = {k for k, found in zip(seen_keys, await pipe.execute()) if found}
+        except Exception as exc:
+            log.warning("session %s: dedupe lookup failed: %s", sid, exc.__class__.__name__)
+            return False
+        in_context = {m.id for m in chat_contexts.get(sid, [])}
         done, delivered, rendered, dead, ok = [], [], set(), [], True
-        batch_keys: set[str] = set()
-        for eid, fields, seen_key, was_seen, body, reason in checked:
-            if body is None:
-                dead.append((fields, reason))
+        for eid, fields, seen_key, body, rejected in checked:
+            if rejected is not None:
+                dead.append((fields, rejected.code, str(rejected)))
                 done.append(eid)
                 continue
-            if was_seen or seen_key in batch_keys:  # the latter: a repeat within this batch
+            if seen_key in seen:  # rendered before (a replay), or twice in this batch
                 metrics.WORKER_MESSAGES.labels("duplicate").inc()
+                dead.append((fields, "duplicate", f"duplicate: entry {body.eid[:80]!r} was delivered before"))
                 done.append(eid)
                 continue
             if body.kind in ("message", "stream_end") and body.mid in in_context:
@@ -281,9 +281,10 @@ class Delivery:
             except Exception as exc:
                 tries = await self._count_failure(sid, eid)
                 log.warning("session %s: delivering %s failed (%d/%d): %s", sid, body.mid, tries,
-                            self.max_attempts, exc)
+                            self.max_attempts, exc.__class__.__name__)
                 if tries >= self.max_attempts:
-                    dead.append((fields, f"delivery failed {tries} times: {exc.__class__.__name__}: {exc}"))
+                    dead.append((fields, "delivery_failed",
+                                 f"delivery failed {tries} times: {exc.__class__.__name__}: {str(exc)[:200]}"))
                     done.append(eid)
                     continue
                 ok = False
@@ -293,8 +294,7 @@ class Delivery:
             if body.kind in ("message", "stream_end"):
                 in_context.add(body.mid)
             delivered.append(seen_key)
-            if seen_key:
-                batch_keys.add(seen_key)
+            seen.add(seen_key)
             rendered.add(eid)
             done.append(eid)
         self.rt.hooks.deferred_commit.discard(sid)
@@ -308,8 +308,6 @@ class Delivery:
                          sid, len(rendered))
                 done, delivered = [e for e in done if e not in rendered], []
         await self._settle(key, sid, done, delivered, dead)
-        for seen_key in delivered:
-            self._remember(seen_key)
         return ok
 
     @staticmethod
@@ -352,22 +350,6 @@ class Delivery:
 
         return next((m for m in chat_contexts.get(session_id, []) if m.id == mid), None)
 
-    def _remember(self, seen_key: str | None) -> None:
-        if seen_key:
-            self._recent[seen_key] = None
-            if len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
-
-    def _seen_key(self, sid: str, raw: bytes) -> str | None:
-        """Dedupe key from the (unverified) body's eid: only used after verification succeeds."""
-        import json
-
-        try:
-            eid = json.loads(raw).get("eid")
-        except Exception:
-            return None
-        return p.seen_key(self.prefix, sid, eid) if isinstance(eid, str) and len(eid) <= 200 else None
-
     async def _count_failure(self, sid: str, eid) -> int:
         try:
             k = f"{self.prefix}:wk:tries:{{{sid}}}"
@@ -384,8 +366,8 @@ class Delivery:
         dedupe_ttl = int(max(self.max_age, self.outbox_ttl)) + 60
         keys = [key, f"{self.prefix}:wk:outboxes", p.dlq_key(self.prefix), *filter(None, delivered)]
         args = [sid, dedupe_ttl, f"{time.time():.3f}", len(done), *done]
-        for fields, reason in dead:
-            args += [fields.get(b"kid", b""), fields.get(b"body", b""), fields.get(b"sig", b""), reason]
+        for fields, code, reason in dead:
+            args += [fields.get(b"kid", b""), fields.get(b"body", b""), fields.get(b"sig", b""), code, reason]
         for attempt in range(3):
             try:
                 async with asyncio.timeout(self.rt.settings.redis_timeout):
@@ -394,7 +376,7 @@ class Delivery:
             except Exception as exc:  # unacked entries are re-read and skipped as seen / in context
                 log.warning("session %s: ack failed (%s), attempt %d", sid, exc, attempt + 1)
                 await asyncio.sleep(0.1 * 2 ** attempt)
-        for _, reason in dead:
+        for _, _, reason in dead:
             metrics.WORKER_MESSAGES.labels("dead_letter").inc()
             log.warning("session %s: worker message dead-lettered: %s", sid, reason)
 
@@ -414,11 +396,12 @@ class Delivery:
             entries = await self.redis.xrange(key, count=1000)
             old = [(eid, f) for eid, f in entries if int(eid.split(b"-")[0]) / 1000 < cutoff]
             known = await self.redis.exists(f"{self.prefix}:session:{{{sid}}}")
+            code = "expired" if known else "unknown_session"
             reason = (f"expired: session offline past the outbox TTL ({self.outbox_ttl:.0f}s)" if known
                       else f"unknown session after the outbox TTL ({self.outbox_ttl:.0f}s)")
             pipe = self.redis.pipeline(transaction=False)
             for eid, fields in old:
-                pipe.xadd(p.dlq_key(self.prefix), {**fields, "reason": reason, "session": sid,
+                pipe.xadd(p.dlq_key(self.prefix), {**fields, "code": code, "reason": reason, "session": sid,
                                                     "at": f"{time.time():.3f}"}, maxlen=100_000, approximate=True)
             if old:
                 pipe.xack(key, p.GROUP, *[e for e, _ in old])

@@ -115,6 +115,22 @@ class Instance:
         """Extension point for the worker outbox (delivered on reconnect)."""
         await self.delivery.on_session_ready(session)
 
+    def transport_open(self, sid: str) -> bool:
+        """The Engine.IO transport under a Socket.IO sid (connected or still handshaking) is open."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+        return sock is not None and not sock.closed
+
+    async def drop_transport(self, sid: str) -> None:
+        """Close a socket's Engine.IO transport without a Socket.IO verdict (no CONNECT_ERROR, no
+        DISCONNECT): to the browser this is a lost connection, so it reconnects by itself with
+        backoff — exactly what a handshake that cannot be decided yet needs."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        sock = self.sio.eio.sockets.get(eio_sid) if eio_sid else None
+        if sock is not None and not sock.closed:
+            await sock.close(wait=False, abort=True)
+            await sock.queue.put(None)  # ends the websocket writer, which closes the websocket
+
     def is_local(self, session_id: str) -> bool:
         from chainlit.session import WebsocketSession
 

@@ -41,6 +41,10 @@ class NotOwner(Exception):
     """A peer owns the session now; the local copy is stale."""
 
 
+class StoreUnavailable(Exception):
+    """Redis did not answer: whether the session exists is unknown (never the same as "no session")."""
+
+
 class SessionStore:
     def __init__(self, redis, *, prefix: str, instance_id: str, ttl: int, timeout: float = 2.0):
         self.redis, self.prefix, self.instance_id, self.ttl, self.timeout = redis, prefix, instance_id, ttl, timeout
@@ -54,8 +58,10 @@ class SessionStore:
         return f"{self.prefix}:ctx:{{{session_id}}}"
 
     async def load(self, session_id: str) -> dict | None:
-        """The stored record (owner, socket, connected, snapshot) or None. Redis errors read as None:
-        the client then gets a fresh session, exactly as without cl-scale."""
+        """The stored record (owner, socket, connected, snapshot), or None when Redis holds none.
+
+        Raises :class:`StoreUnavailable` when Redis does not answer: a caller that took that for "no
+        session" would start a fresh one and, claiming it, overwrite the stored session."""
         try:
             async with asyncio.timeout(self.timeout):
                 pipe = self.redis.pipeline(transaction=False)
@@ -64,8 +70,8 @@ class SessionStore:
                 raw, ctx = await pipe.execute()
         except Exception as exc:
             metrics.STORE_ERRORS.inc()
-            log.warning("session %s: load failed: %s", session_id, exc)
-            return None
+            log.warning("session %s: load failed: %s", session_id, exc.__class__.__name__)
+            raise StoreUnavailable(session_id) from None
         if not raw or b"data" not in raw:
             return None
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from typing import Literal
@@ -86,20 +87,24 @@ def wake_channel(prefix: str, instance_id: str) -> str:
 
 
 # Append one signed entry to a session's outbox, atomically with its bookkeeping, and wake its owner.
-# KEYS: stream, dlq, outbox index, session record, seen key.
-# ARGV: kid, body, sig, max entries, ttl, now, session, wake channel prefix.
-# Returns 1 (queued), 0 (outbox full: dead-lettered), 2 (already rendered: nothing to do).
+# KEYS: stream, dlq, outbox index (the keys it writes).
+# ARGV: kid, body, sig, max entries, ttl, now, session, wake channel prefix, session record key,
+#       seen key. The last two are only read, and are passed as names rather than KEYS so that a
+#       least-privilege worker ACL (``acl_rules``) needs read access to them only: Redis requires
+#       read+write access to every key declared to EVALSHA. Both share the stream's hash tag.
+# Returns 1 (queued), 0 (outbox full: dead-lettered), 2 (already rendered: nothing to do). The
+# "already rendered" check here only saves work: the owner checks the id inside the verified body.
 # When the outbox was empty, the wake-up carries the entry itself (``session\nid\nkid\nsig\nbody``), so
 # the owner renders it without reading the stream first. With one entry ahead (maybe being rendered
 # by that fast path, which reads nothing after it) the wake-up is the session id alone. With more, a
 # drain is already reading: it reads until the stream is empty, so no wake-up is sent (the owner's
 # one-second sweep is the safety net).
 OUTBOX_APPEND = """
-if redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
+if redis.call('EXISTS', ARGV[10]) == 1 then return 2 end
 local n = redis.call('XLEN', KEYS[1])
 if n >= tonumber(ARGV[4]) then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',
-             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'session', ARGV[7],
+             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'code', 'outbox_full', 'session', ARGV[7],
              'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3], 'at', ARGV[6])
   return 0
 end
@@ -107,7 +112,7 @@ local id = redis.call('XADD', KEYS[1], '*', 'kid', ARGV[1], 'body', ARGV[2], 'si
 pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], 'deliver', '0')
 redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
 redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
-local owner = redis.call('HGET', KEYS[4], 'owner')
+local owner = redis.call('HGET', ARGV[9], 'owner')
 if owner then
   -- kid and session are the only free-form fields before the body: a newline would shift the split
   if n == 0 and not string.find(ARGV[1] .. ARGV[7], '\\n', 1, true) then
@@ -123,9 +128,9 @@ return 1
 def outbox_append_call(prefix: str, session_id: str, eid: str, kid: str, body: bytes, sig: str, *,
                        outbox_max: int, ttl: float) -> tuple[list, list]:
     """(keys, args) of ``OUTBOX_APPEND`` for one entry (SDK, gateway, ``cl-scale dlq replay``)."""
-    keys = [stream_key(prefix, session_id), dlq_key(prefix), f"{prefix}:wk:outboxes",
+    keys = [stream_key(prefix, session_id), dlq_key(prefix), f"{prefix}:wk:outboxes"]
+    args = [kid, body, sig, outbox_max, int(ttl), f"{time.time():.3f}", session_id, wake_channel(prefix, ""),
             f"{prefix}:session:{{{session_id}}}", seen_key(prefix, session_id, eid)]
-    args = [kid, body, sig, outbox_max, int(ttl), f"{time.time():.3f}", session_id, wake_channel(prefix, "")]
     return keys, args
 
 
@@ -142,56 +147,91 @@ def to_bytes(secret: str | bytes) -> bytes:
     return secret if isinstance(secret, bytes) else secret.encode()
 
 
+SCOPE_KINDS = ("users", "sessions", "threads")
+
+
 class WorkerKey(BaseModel):
-    """A signing key and, optionally, the sessions/users it may reach (empty = anywhere)."""
+    """A signing key (or gateway token) and, optionally, what it may reach (no scope = anywhere).
+
+    A scope names users, sessions and/or threads; a key may reach a session when any of them
+    matches what *Redis holds* for that session: its id, its authenticated user, its thread.
+    Never the target fields of a message: the signer writes those."""
 
     kid: str
     secret: bytes
     sessions: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
+    threads: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # never print the secret
-        return f"WorkerKey(kid={self.kid!r}, sessions={sorted(self.sessions)}, users={sorted(self.users)})"
+        return (f"WorkerKey(kid={self.kid!r}, sessions={sorted(self.sessions)}, users={sorted(self.users)}, "
+                f"threads={sorted(self.threads)})")
 
     __str__ = __repr__
 
     @property
     def scoped(self) -> bool:
-        return bool(self.sessions or self.users)
+        return bool(self.sessions or self.users or self.threads)
 
-    def allows(self, target: Target, session_id: str | None = None, session_user: str | None = None) -> bool:
+    def allows(self, session_id: str, session_user: str | None, session_thread: str | None) -> bool:
+        """May this key reach the session? Arguments are the session's *stored* id, user identifier
+        and thread id (``None`` when it has none)."""
         if not self.scoped:
             return True
-        if session_id and session_id in self.sessions:
-            return True
-        return any(u in self.users for u in (target.user, session_user) if u)
+        return (session_id in self.sessions
+                or (session_user is not None and session_user in self.users)
+                or (session_thread is not None and session_thread in self.threads))
 
 
 def parse_keys(spec: str | None, what: str = "CL_SCALE_WORKER_KEYS") -> dict[str, WorkerKey]:
-    """``k1:secret1,k2:secret2;users=alice|bob;sessions=s1`` -> {kid: WorkerKey}.
+    """``k1:secret1,k2:secret2;users=alice|bob;sessions=s1;threads=t1`` -> {kid: WorkerKey}.
 
-    Errors name the key id, never the secret."""
+    Errors name the entry by position (and its id once it parsed), never its text: an entry that
+    lacks its colon may be nothing but the secret. A scope with no values is refused (it would
+    otherwise read as "unscoped", i.e. full access)."""
     from cl_scale.errors import UserError
 
     keys: dict[str, WorkerKey] = {}
-    for item in filter(None, (p.strip() for p in (spec or "").split(","))):
+    for n, item in enumerate(filter(None, (x.strip() for x in (spec or "").split(","))), start=1):
         head, *scopes = item.split(";")
         kid, sep, secret = head.partition(":")
+        kid = kid.strip()
         if not sep or not kid or not secret:
-            raise UserError(f"{what}: entry {kid or '?'!r} must look like id:secret[;users=a|b][;sessions=s1|s2]")
-        scope = {"users": set(), "sessions": set()}
+            raise UserError(f"{what}: entry #{n} must look like id:secret[;users=a|b][;sessions=s1][;threads=t1]")
+        if not _KID.fullmatch(kid):
+            raise UserError(f"{what}: entry #{n}: the id must be 1-64 of [A-Za-z0-9._-]")
+        if kid in keys:
+            raise UserError(f"{what}: entry #{n}: id {kid!r} given twice")
+        scope: dict[str, set[str]] = {k: set() for k in SCOPE_KINDS}
         for s in scopes:
-            name, _, values = s.partition("=")
+            name, eq, values = s.strip().partition("=")
             if name not in scope:
-                raise UserError(f"{what}: key {kid!r}: unknown scope {name!r} (users, sessions)")
-            scope[name] |= {v for v in values.split("|") if v}
+                raise UserError(f"{what}: key {kid!r}: unknown scope (use {', '.join(SCOPE_KINDS)})")
+            found = {v.strip() for v in values.split("|") if v.strip()}
+            if not eq or not found:
+                raise UserError(f"{what}: key {kid!r}: scope {name} names nothing (an empty scope would "
+                                "grant full access; drop it for an unscoped key)")
+            scope[name] |= found
         keys[kid] = WorkerKey(kid=kid, secret=secret.encode(), sessions=frozenset(scope["sessions"]),
-                              users=frozenset(scope["users"]))
+                              users=frozenset(scope["users"]), threads=frozenset(scope["threads"]))
     return keys
 
 
+_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 class Rejected(Exception):
-    """An entry that must be dead-lettered; ``str()`` is the reason."""
+    """An entry that must be dead-lettered: ``code`` (machine-readable) and ``str()``, the reason."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+#: Dead-letter codes whose letters may be re-signed by ``cl-scale dlq replay --resign``: refusals
+#: that say nothing against the message's origin. Every other code (bad signature, unknown key,
+#: out of scope, malformed, duplicate...) questions who wrote it: re-signing would launder it.
+RESIGNABLE = frozenset({"too_old", "expired", "outbox_full"})
 
 
 def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age: float,
@@ -206,26 +246,56 @@ def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age
         raw = raw.encode()
     kid, sig = text("kid"), text("sig")
     if not raw or not isinstance(raw, bytes):
-        raise Rejected("malformed: no body")
+        raise Rejected("malformed", "malformed: no body")
     if len(raw) > max_bytes + 4096:
-        raise Rejected(f"oversized: {len(raw)} bytes (max {max_bytes})")
+        raise Rejected("oversized", f"oversized: {len(raw)} bytes (max {max_bytes})")
     if not kid or not sig:
-        raise Rejected("unsigned: kid/sig missing")
+        raise Rejected("unsigned", "unsigned: kid/sig missing")
     key = keys.get(kid)
     if key is None:
-        raise Rejected(f"unknown key id {kid!r}")
+        raise Rejected("unknown_key", f"unknown key id {kid[:64]!r}")
     if not hmac.compare_digest(sign(key.secret, raw).encode(), sig.encode()):
-        raise Rejected(f"bad signature (key {kid!r})")
+        raise Rejected("bad_signature", f"bad signature (key {kid!r})")
     try:
         body = Body.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise Rejected(f"malformed: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        raise Rejected("malformed", f"malformed: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
     if body.session != session_id:
-        raise Rejected("session mismatch: entry signed for another session")
+        raise Rejected("session_mismatch", "session mismatch: entry signed for another session")
     age = (now or time.time()) - body.ts
     if age > max_age:
-        raise Rejected(f"too old: signed {age:.0f}s ago (max {max_age:.0f}s)")
+        raise Rejected("too_old", f"too old: signed {age:.0f}s ago (max {max_age:.0f}s)")
     if age < -60:
-        raise Rejected("timestamp in the future")
+        raise Rejected("future", "timestamp in the future")
     return body, key
+
+
+# --------------------------------------------------------------------------- Redis ACL roles
+
+#: Commands each role runs (redis-py also tries CLIENT SETINFO, Redis >= 7.2, and ignores a refusal).
+_CONNECTION = ["+ping", "+client|setname", "+hello", "+select"]
+_SCRIPTS = ["+evalsha", "+eval", "+script|load", "+script|exists"]
+
+
+def acl_rules(prefix: str, role: str) -> list[str]:
+    """Redis ACL rules (``ACL SETUSER name on >password <rules>``) for a cl-scale role.
+
+    ``worker``: what the SDK, ``cl-scale send`` and the gateway need to append to outboxes and wake
+    owners — read the session record (owner, user, thread) and the fan-out indexes, append to
+    outbox streams and the dead-letter stream, publish on wake-up channels. Not the Socket.IO
+    channels (a raw emit bypasses signing), not the chat contexts, no deletes.
+    ``instance``: every key and channel under the prefix, no admin or dangerous commands.
+    Anyone with the ``default`` user (or any user with write access to these keys) bypasses
+    signing entirely: give workers their own user."""
+    if role == "worker":
+        return ["resetkeys", "resetchannels", "-@all", *_CONNECTION, *_SCRIPTS,
+                "+xadd", "+xlen", "+xgroup|create", "+expire", "+zadd", "+hget", "+exists", "+smembers",
+                "+publish",
+                f"~{prefix}:wk:s:*", f"~{prefix}:wk:dlq", f"~{prefix}:wk:outboxes",
+                f"%R~{prefix}:session:*", f"%R~{prefix}:wk:seen:*", f"%R~{prefix}:wk:user:*",
+                f"%R~{prefix}:wk:thread:*", f"&{prefix}:wk:wake:*"]
+    if role == "instance":
+        return ["resetkeys", "resetchannels", "+@all", "-@admin", "-@dangerous",
+                "+client|setname", "+info", f"~{prefix}:*", f"&{prefix}:*"]
+    raise ValueError(f"unknown role {role!r} (worker, instance)")

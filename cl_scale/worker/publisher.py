@@ -203,6 +203,8 @@ class Publisher:
                 log.warning("%d buffered messages hit a full outbox: dead-lettered", full)
 
     async def _fan_out(self, target: p.Target, index: str, text, message_id, author, elements) -> str:
+        """One entry per live session of the user/thread. Reads only: the index is kept by the
+        instances (and expires), so a worker needs no write access to it."""
         mid = message_id or p.new_id()
         members = [m.decode() for m in await self.redis.smembers(index)]
         live = []
@@ -211,9 +213,6 @@ class Publisher:
             for sid in members:
                 pipe.exists(f"{self.prefix}:session:{{{sid}}}")
             live = [sid for sid, ok in zip(members, await pipe.execute()) if ok]
-            gone = set(members) - set(live)
-            if gone:
-                await self.redis.srem(index, *gone)
         if not live:
             body = self._body(target.user or target.thread or "?", "message", mid, mid, text, author, elements, target)
             raw = p.canonical(body)
