@@ -296,7 +296,8 @@ def load_values(files: list[Path] | None = None, sets: list[str] | None = None) 
         path, value = parse_set(raw)
         data = apply_set(data, path, value)
         _forget_below(origins, path)
-        origins[path] = f"--set {_show(raw)}"
+        # The key only: the value is shown (redacted where it must be) by the error itself.
+        origins[path] = f"--set {_show(raw.partition('=')[0].strip())}"
     return validate(data, origins)
 
 

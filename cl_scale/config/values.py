@@ -18,6 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from cl_scale.contract import REDIS_SCHEMES, reserved_env_reason
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -47,20 +48,6 @@ _REDIS_MEMORY = re.compile(r"^[0-9]+(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # nginx drops request headers with underscores by default, and maps '-' to '_' in $http_*.
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
-# Set by the renderers themselves, or secrets (which belong in auth.secretName / .env, never in values).
-_RESERVED_ENV = {
-    "CHAINLIT_AUTH_SECRET": "a secret: put it in the auth.secretName Secret (k8s) or .env (compose)",
-    "REDIS_PASSWORD": "a secret: put it in the auth.secretName Secret (k8s) or .env (compose)",
-    "CL_SCALE_WORKER_KEYS": "a secret: put it in the auth.secretName Secret (k8s) or .env (compose)",
-    "CL_SCALE_REDIS_URL": "set by cl-scale from redis.url / redis.enabled",
-    "CL_SCALE_SESSION_TIMEOUT": "set by cl-scale from app.sessionTimeout",
-    "CL_SCALE_DRAIN_SECONDS": "set by cl-scale from drain.seconds",
-    "CL_SCALE_INSTANCE_ID": "set by cl-scale per instance",
-    "CL_SCALE_ADVERTISE_URL": "set by cl-scale per instance",
-}
-
-
 class FieldError(ValueError):
     """A cross-field check that knows which key is wrong: the loader reports ``key``/``value``
     (absolute dotted path) instead of the enclosing model, so ``file:line`` points at that key."""
@@ -218,8 +205,8 @@ def _env(v: dict[str, str]) -> dict[str, str]:
     for key, value in v.items():
         if not _ENV_KEY.match(key):
             raise FieldError(f"app.env.{key}", value, "env var names must match [A-Za-z_][A-Za-z0-9_]*")
-        if key in _RESERVED_ENV:
-            raise FieldError(f"app.env.{key}", "<hidden>", f"is {_RESERVED_ENV[key]}")
+        if (why := reserved_env_reason(key)) is not None:
+            raise FieldError(f"app.env.{key}", "<hidden>", f"is {why}")
         if "\x00" in value:
             raise FieldError(f"app.env.{key}", value, "must not contain NUL")
     return v
@@ -313,24 +300,37 @@ def _check_redis_url(url: str) -> None:
     try:
         _check_redis_url_syntax(url)
     except ValueError as exc:
-        raise FieldError("redis.url", url, str(exc)) from None
+        raise FieldError("redis.url", redact_url(url), str(exc)) from None
+
+
+def redact_url(url: str) -> str:
+    from cl_scale.redis_url import redacted
+
+    return redacted(url)
 
 
 def _check_redis_url_syntax(url: str) -> None:
+    from cl_scale.redis_url import has_password
+
     if _CONTROL.search(url) or any(c.isspace() for c in url):
         raise ValueError("must not contain whitespace or control characters")
+    if len(url) > 2048:
+        raise ValueError("must be at most 2048 characters")
     try:
         parts = urlsplit(url)
-        if parts.scheme != "redis+sentinel":  # sentinel URLs may list several host:port pairs
+        if "+sentinel" not in parts.scheme:  # sentinel URLs may list several host:port pairs
             parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
         raise ValueError(f"is not a valid URL ({exc})") from None
-    if parts.scheme not in _REDIS_SCHEMES:
-        raise ValueError("scheme must be one of redis://, rediss://, unix://, redis+sentinel://")
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("scheme must be one of " + ", ".join(f"{s}://" for s in REDIS_SCHEMES))
     if parts.scheme == "unix" and not parts.path:
         raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis.sock")
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("needs a host, e.g. redis://redis.example.com:6379/0")
+    if has_password(url):
+        raise ValueError("must not carry a password (it would be rendered into the Deployment / compose "
+                         "file): put it in the Secret key REDIS_PASSWORD (k8s) or .env (compose)")
 
 
 class Sticky(_Model):

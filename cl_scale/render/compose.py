@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 
 from cl_scale.config.values import Values
+from cl_scale.contract import APP_UID as CONTRACT_UID
 from cl_scale.render import nginx as nginx_render
 from cl_scale.render.scaffold import env_example
 
 NGINX_IMAGE = "nginx:1.27-alpine"
-APP_UID = "10001:10001"
+APP_UID = f"{CONTRACT_UID}:{CONTRACT_UID}"
 _PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (copy .env.example)}"
 _CONF_DIR = "/etc/cl-scale/nginx"
 _PREFIX = "/tmp/nginx"
@@ -39,10 +40,15 @@ def _redis_url(values: Values) -> str:
 
 def _redis_service(values: Values) -> dict[str, Any]:
     r = values.redis
+    from cl_scale.render.k8s_redis import key_prefix, start_args
+
     return {
         "image": _lit(r.image),
-        "command": ["redis-server", "--requirepass", _PASSWORD, "--maxmemory", _lit(r.maxmemory),
-                    "--maxmemory-policy", "noeviction", "--appendonly", "yes"],
+        # The k8s start script: passwords from .env (REDIS_PASSWORD, optional REDIS_WORKER_PASSWORD),
+        # never interpolated into this file; compose must not interpolate the script's own "$".
+        "entrypoint": [_lit(a) for a in start_args(r.maxmemory, 6379, "/data", key_prefix(values))[:3]],
+        "command": [_lit(a) for a in start_args(r.maxmemory, 6379, "/data", key_prefix(values))[3:]],
+        "env_file": [".env"],
         # redis-cli reads REDISCLI_AUTH: the healthcheck needs no password on its command line.
         "environment": {"REDISCLI_AUTH": _PASSWORD},
         "volumes": ["redis-data:/data"],

@@ -22,6 +22,7 @@ from cl_scale.errors import ConfigError
 from cl_scale.render.k8s_common import (
     APP_UID,
     CHAINLIT_VERSION,
+    SECRET_ENV,
     SECRET_KEYS,
     SERVICE_PORT,
     affinity_cookie,
@@ -42,15 +43,6 @@ from cl_scale.render.k8s_redis import redis_network_policy, redis_service, redis
 __all__ = ["render", "render_stream", "objects"]
 
 APP_ROOT = "/app"
-# Env keys the pod layout owns (app.env may not set them): key -> why.
-_OWNED_ENV = {
-    "CHAINLIT_APP_ROOT": "set by cl-scale (the pod's writable dirs are mounted under /app)",
-    "CL_SCALE_STICKY_MODE": "set by cl-scale from sticky.mode",
-    "POD_NAME": "set by cl-scale from the downward API (the instance id)",
-    "POD_IP": "set by cl-scale from the downward API (the advertise URL)",
-}
-
-
 # --------------------------------------------------------------------------- app objects
 
 
@@ -68,15 +60,11 @@ def service_account(v: Values) -> dict[str, Any]:
 def env_config_map(v: Values) -> dict[str, Any]:
     """Non-secret settings the runtime reads, loaded with ``envFrom``. User ``app.env`` comes
     last but may not replace the keys the pod layout depends on."""
-    for key, why in _OWNED_ENV.items():
-        if key in v.app.env:
-            raise ConfigError(f"app.env.{key}", v.app.env[key], why)
     data = {
         "CHAINLIT_APP_ROOT": APP_ROOT,
         "HOME": "/tmp",  # read-only root filesystem: libraries that cache under ~ need a writable home
         "CL_SCALE_SESSION_TIMEOUT": str(v.app.sessionTimeout),
         "CL_SCALE_DRAIN_SECONDS": str(v.drain.seconds),
-        "CL_SCALE_STICKY_MODE": v.sticky.mode,
     }
     data.update({key: str(value) for key, value in v.app.env.items()})
     return {
@@ -139,6 +127,7 @@ def _container_env(v: Values) -> list[dict[str, Any]]:
         _secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
         _secret_env(v, "CHAINLIT_AUTH_SECRET", optional=False),
         _secret_env(v, "CL_SCALE_WORKER_KEYS", optional=True),
+        _secret_env(v, "CL_SCALE_GATEWAY_TOKENS", optional=True),
     ]
 
 
@@ -458,9 +447,7 @@ def secrets_env_example(v: Values) -> str:
     del v  # same keys for every values file
     return (
         "# Copy to secrets.env (never commit it), fill in every value, then: kubectl apply -k .\n"
-        "# CHAINLIT_AUTH_SECRET: signs Chainlit's auth tokens (`chainlit create-secret`).\n"
-        "# REDIS_PASSWORD: password of the bundled Redis (or of your external Redis).\n"
-        "# CL_SCALE_WORKER_KEYS: keys of processes allowed to push messages (may stay empty).\n"
+        + "".join(f"# {key}: {why}.\n" for key, why in SECRET_ENV.items())
         + "".join(f"{key}=\n" for key in SECRET_KEYS)
     )
 

@@ -13,15 +13,15 @@ from typing import Any, Iterable
 import yaml
 
 from cl_scale.config.values import Values
+from cl_scale.contract import APP_UID, SECRET_ENV  # noqa: F401 (APP_UID re-exported)
 
 MANAGED_BY = "cl-scale"
 CHAINLIT_VERSION = "2.12.0"  # pinned range in pyproject: chainlit>=2.12.0,<2.13
 CHAINLIT_COOKIE = "X-Chainlit-Session-id"
-APP_UID = 10001  # the user of the generated Dockerfile
 REDIS_UID = 999  # the redis user of the official redis images (alpine and debian)
 REDIS_PORT = 6379
 SERVICE_PORT = 80
-SECRET_KEYS = ("CHAINLIT_AUTH_SECRET", "REDIS_PASSWORD", "CL_SCALE_WORKER_KEYS")
+SECRET_KEYS = tuple(SECRET_ENV)  # the keys of the Secret named by auth.secretName
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 

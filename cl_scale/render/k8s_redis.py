@@ -21,17 +21,37 @@ from cl_scale.render.k8s_common import (
     selector,
 )
 
-# The password comes from the Secret as an env var and is expanded by the shell (never rendered).
-# Values arrive as positional parameters ("$1"), so no value is ever part of the script text.
-# An empty password would silently mean "no auth": refuse to start instead.
-_START = (
+# The passwords come from the Secret as env vars and are expanded by the shell (never rendered).
+# Values arrive as positional parameters ("$1".."$3", then the worker ACL rules), so no value is
+# ever part of the script text. An empty password would silently mean "no auth": refuse to start.
+# With REDIS_WORKER_PASSWORD set, a least-privilege ``clscale-worker`` user is created (rules:
+# ``cl_scale.keyspace.acl_rules``): workers reach chats through outboxes but cannot publish
+# on the Socket.IO channels, read chat contexts or delete anything.
+START_SCRIPT = (
     'if [ -z "$REDIS_PASSWORD" ]; then '
-    'echo "REDIS_PASSWORD is empty: set it in the Secret" >&2; exit 1; fi; '
-    'exec redis-server --port "$2" --dir /data --requirepass "$REDIS_PASSWORD" '
-    '--maxmemory "$1" --maxmemory-policy noeviction '
-    '--client-output-buffer-limit "pubsub 64mb 16mb 60" --appendonly yes'
+    'echo "REDIS_PASSWORD is empty: set it in the Secret (k8s) or .env (compose)" >&2; exit 1; fi; '
+    'mem="$1"; port="$2"; dir="$3"; shift 3; '
+    'if [ -n "$REDIS_WORKER_PASSWORD" ]; then set -- --user clscale-worker on ">$REDIS_WORKER_PASSWORD" "$@"; '
+    'else set --; fi; '
+    'exec redis-server --port "$port" --dir "$dir" --requirepass "$REDIS_PASSWORD" '
+    '--maxmemory "$mem" --maxmemory-policy noeviction '
+    '--client-output-buffer-limit "pubsub 64mb 16mb 60" --appendonly yes "$@"'
 )
 _PING = 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$1" ping | grep -q PONG'
+
+
+def start_args(maxmemory: str, port: int, data_dir: str, prefix: str) -> list[str]:
+    """``sh -c START_SCRIPT`` argv: the script, ``$0``, then its positional parameters."""
+    from cl_scale.keyspace import acl_rules
+
+    return ["sh", "-c", START_SCRIPT, "redis", maxmemory, str(port), data_dir, *acl_rules(prefix, "worker")]
+
+
+def key_prefix(v: Values) -> str:
+    """The Redis key prefix the instances use (``CL_SCALE_PREFIX`` in ``app.env``, else the default)."""
+    from cl_scale.contract import DEFAULT_PREFIX
+
+    return v.app.env.get("CL_SCALE_PREFIX") or DEFAULT_PREFIX
 
 
 def redis_statefulset(v: Values) -> dict[str, Any]:
@@ -43,9 +63,11 @@ def redis_statefulset(v: Values) -> dict[str, Any]:
         "name": "redis",
         "image": v.redis.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", _START, "redis", v.redis.maxmemory, str(REDIS_PORT)],
+        "command": start_args(v.redis.maxmemory, REDIS_PORT, "/data", key_prefix(v)),
         "env": [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
-            "name": v.auth.secretName, "key": "REDIS_PASSWORD"}}}],
+                    "name": v.auth.secretName, "key": "REDIS_PASSWORD"}}},
+                {"name": "REDIS_WORKER_PASSWORD", "valueFrom": {"secretKeyRef": {
+                    "name": v.auth.secretName, "key": "REDIS_WORKER_PASSWORD", "optional": True}}}],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "exec": {"command": ["sh", "-c", _PING, "ping", str(REDIS_PORT)]},

@@ -13,12 +13,7 @@ from cl_scale import __version__
 from cl_scale.config.values import Values
 from cl_scale.render import templates_dir
 
-# Secrets every target reads from .env (compose) or the auth.secretName Secret (k8s).
-SECRET_KEYS = {
-    "CHAINLIT_AUTH_SECRET": "required: signs Chainlit auth tokens; generate with `chainlit create-secret`",
-    "REDIS_PASSWORD": "required with the bundled Redis: any long random string",
-    "CL_SCALE_WORKER_KEYS": "optional: comma-separated keys for workers pushing messages (SDK, cl-scale send)",
-}
+from cl_scale.contract import SECRET_ENV
 
 
 def _env() -> jinja2.Environment:
@@ -33,7 +28,7 @@ def _env() -> jinja2.Environment:
 def env_example(values: Values) -> str:
     """Keys with EMPTY values: secrets are never rendered."""
     lines = ["# Copy to .env and fill in. Never commit .env.", ""]
-    for key, why in SECRET_KEYS.items():
+    for key, why in SECRET_ENV.items():
         lines += [f"# {why}", f"{key}=", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 

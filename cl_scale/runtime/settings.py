@@ -10,41 +10,17 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import urlparse
 
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+from cl_scale.contract import REDIS_SCHEMES
+from cl_scale.redis_url import redacted, with_password  # noqa: F401 (re-exported)
+
+SUPPORTED_SCHEMES = REDIS_SCHEMES  # kept for importers
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
-
-
-def with_password(url: str, password: str | None) -> str:
-    """Put ``REDIS_PASSWORD`` into a URL that has none, so the password can live in a Secret
-    while the URL lives in a ConfigMap."""
-    if not password:
-        return url
-    parsed = urlparse(url)
-    if parsed.password or parsed.scheme == "unix":
-        if parsed.scheme == "unix" and "password=" not in (parsed.query or ""):
-            sep = "&" if parsed.query else ""
-            return urlunparse(parsed._replace(query=f"{parsed.query}{sep}password={quote(password)}"))
-        return url
-    user = parsed.username or ""
-    netloc = f"{quote(user)}:{quote(password, safe='')}@{parsed.hostname or ''}"
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urlunparse(parsed._replace(netloc=netloc))
-
-
-def redacted(url: str) -> str:
-    """The URL with its password replaced: safe for logs and status output."""
-    parsed = urlparse(url)
-    if not parsed.password:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-    return urlunparse(parsed._replace(netloc=netloc))
 
 
 @dataclass

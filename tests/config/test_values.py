@@ -117,7 +117,7 @@ def test_rejects(data, needle):
 
 @pytest.mark.parametrize("data", [
     {"redis": {"enabled": False, "url": "redis://redis.example.com:6379/0"}},
-    {"redis": {"enabled": False, "url": "rediss://:pw@redis.example.com:6380/1"}},
+    {"redis": {"enabled": False, "url": "rediss://app@redis.example.com:6380/1"}},
     {"redis": {"enabled": False, "url": "unix:///run/redis.sock"}},
     {"redis": {"enabled": False, "url": "redis+sentinel://s1:26379,s2:26379/mymaster/0"}},
     {"ingress": {"host": "*.chat.example.com"}},

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cl_scale.config.loader import load_values
+from cl_scale.contract import SECRET_ENV
 from cl_scale.render import compose
 from tests.support.nginx_tokens import parse
 
@@ -58,7 +59,9 @@ def test_services_and_app_wiring():
         assert app["depends_on"] == {"redis": {"condition": "service_healthy"}}
         assert app["stop_grace_period"] == "35s"
     redis = d["services"]["redis"]
-    assert "noeviction" in redis["command"] and "${REDIS_PASSWORD:?" in " ".join(redis["command"])
+    script = " ".join(redis["entrypoint"])
+    assert "noeviction" in script and "$$REDIS_PASSWORD" in script and redis["env_file"] == [".env"]
+    assert "${REDIS_PASSWORD:?" in redis["environment"]["REDISCLI_AUTH"]
     assert not any("secret" in str(v).lower() for v in d["services"]["app-1"]["environment"].values())
 
 
@@ -78,7 +81,7 @@ def test_nginx_service_uses_compose_upstreams():
     nginx = yaml.safe_load(files["compose.yaml"])["services"]["nginx"]
     assert nginx["ports"] == ["8088:8088"] and nginx["volumes"][0].startswith("./nginx:")
     assert set(nginx["depends_on"]) == {"app-1", "app-2"}
-    assert files[".env.example"].count("=\n") == 3  # keys only, empty values
+    assert files[".env.example"].count("=\n") == len(SECRET_ENV)  # keys only, empty values
 
 
 NASTY = ['x\n    evil: 1', 'a: b', '"; rm -rf /', "${HOME}", "$$", "{a: 1}", "- item", "#comment", "\\", "'"]

@@ -17,6 +17,7 @@ import yaml
 from cl_scale.config.loader import load_values
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
+from cl_scale.keyspace import acl_rules
 from cl_scale.render import k8s
 from cl_scale.render.k8s_common import SECRET_KEYS, image_version
 from tests.render.test_k8s_validate import manifest_docs
@@ -121,7 +122,7 @@ def test_app_pod_matches_runtime_contract():
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["CL_SCALE_REDIS_URL"]["value"] == "redis://chainlit-redis:6379/0"
-    for key in SECRET_KEYS:
+    for key in set(SECRET_KEYS) - {"REDIS_WORKER_PASSWORD"}:  # that one is the bundled Redis's own
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "chainlit-secrets"
     assert env["CL_SCALE_WORKER_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert "optional" not in env["CHAINLIT_AUTH_SECRET"]["valueFrom"]["secretKeyRef"]
@@ -155,15 +156,15 @@ def test_configmaps_hold_settings_never_secrets():
     env_cm = by_kind(v, "ConfigMap", "chainlit-env")
     assert env_cm["data"] == {
         "CHAINLIT_APP_ROOT": "/app", "HOME": "/tmp", "CL_SCALE_SESSION_TIMEOUT": "1800",
-        "CL_SCALE_DRAIN_SECONDS": "12", "CL_SCALE_STICKY_MODE": "cookie", "LOG_LEVEL": "debug"}
+        "CL_SCALE_DRAIN_SECONDS": "12", "LOG_LEVEL": "debug"}
     toml = by_kind(v, "ConfigMap", "chainlit-config")["data"]["config.toml"]
     assert "session_timeout = 1800" in toml
 
 
-@pytest.mark.parametrize("key", ["CHAINLIT_APP_ROOT", "CL_SCALE_STICKY_MODE", "POD_NAME", "POD_IP"])
+@pytest.mark.parametrize("key", ["CHAINLIT_APP_ROOT", "POD_NAME", "POD_IP", "CL_SCALE_REDIS_URL"])
 def test_owned_env_keys_are_refused(key):
     with pytest.raises(ConfigError, match=f"app.env.{key}"):
-        k8s.render(values(app={"env": {key: "x"}}))
+        load_values([], [f"app.env.{key}=x"])
 
 
 def test_hpa_without_cpu_request_is_refused():
@@ -276,10 +277,11 @@ def test_bundled_redis_objects():
     c = pod["containers"][0]
     assert c["image"] == "redis:7.4"
     script = c["command"][2]
-    for part in ('--requirepass "$REDIS_PASSWORD"', '--maxmemory "$1"', "--maxmemory-policy noeviction",
+    for part in ('--requirepass "$REDIS_PASSWORD"', 'mem="$1"', '--maxmemory "$mem"', "--maxmemory-policy noeviction",
                  '--client-output-buffer-limit "pubsub 64mb 16mb 60"', "--appendonly yes"):
         assert part in script
-    assert c["command"][3:] == ["redis", "1gb", "6379"]
+    assert c["command"][3:7] == ["redis", "1gb", "6379", "/data"]
+    assert c["command"][7:] == acl_rules("clscale", "worker")
     assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "chainlit-secrets", "key": "REDIS_PASSWORD"}
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -303,7 +305,7 @@ def test_rendered_redis_command_runs(tmp_path):
     /data and the port are swapped for a temp dir and a free port)."""
     c = by_kind(Values(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
     port = str(free_port())
-    cmd = [part.replace("/data", str(tmp_path)) for part in c["command"]][:-1] + [port]
+    cmd = c["command"][:5] + [port, str(tmp_path)] + c["command"][7:]
     probe = c["readinessProbe"]["exec"]["command"][:-1] + [port]
     password = 'pa ss"word$x'
     env = dict(os.environ, REDIS_PASSWORD=password)
@@ -368,11 +370,11 @@ def test_values_cannot_inject_keys():
 def test_dollar_is_escaped_for_kubelet_expansion():
     """``$(VAR)`` in command/env.value is expanded by the kubelet; ``$$`` keeps a literal ``$``."""
     v = values(app={"module": "app$(POD_NAME).py"},
-               redis={"enabled": False, "url": "redis://:pa$(x)ss@r.example.com:6379/0"})
+               redis={"enabled": False, "url": "redis://us$(x)er@r.example.com:6379/0"})
     c = app_container(v)
     assert c["command"][2] == "app$$(POD_NAME).py"
     env = {e["name"]: e for e in c["env"]}
-    assert env["CL_SCALE_REDIS_URL"]["value"] == "redis://:pa$$(x)ss@r.example.com:6379/0"
+    assert env["CL_SCALE_REDIS_URL"]["value"] == "redis://us$$(x)er@r.example.com:6379/0"
 
 
 def test_renderer_does_not_import_chainlit():

@@ -9,6 +9,7 @@ import time
 
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
+from cl_scale.keyspace import acl_rules
 from cl_scale.worker import protocol as p
 from tests.worker.helpers import dlq, raw_publish, worker_texts
 
@@ -93,7 +94,7 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
     try:
         for role, password in (("instance", "inst-pw"), ("worker", "work-pw")):
             await admin.execute_command("ACL", "SETUSER", f"clscale-{role}", "on", f">{password}",
-                                        *p.acl_rules("clscale", role))
+                                        *acl_rules("clscale", role))
         base = f"127.0.0.1:{server.port}/0"
         instance_url, worker_url = f"redis://clscale-instance:inst-pw@{base}", f"redis://clscale-worker:work-pw@{base}"
         cluster = Cluster(app_dir, types.SimpleNamespace(url=instance_url), tmp_path)
