@@ -13,8 +13,13 @@ function here works on the text, so none of them can raise on a multi-host netlo
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from cl_scale.contract import REDIS_SCHEMES
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$")
 _SECRET_PARAMS = ("password", "passwd", "pass", "secret", "token", "auth")
 MAX_SHOWN = 200  # a refused URL is shown at most this long (a 100 KB URL is not echoed whole)
 
@@ -82,3 +87,46 @@ def with_password(url: str, password: str | None) -> str:
     userinfo, hosts = _split_netloc(parts.netloc)
     user = (userinfo or "").partition(":")[0]
     return _unsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hosts}"))
+
+
+def check(url: str, *, allow_password: bool) -> None:
+    """Raise ``ValueError(why)`` unless ``url`` is a Redis URL cl-scale can use. The reason never
+    contains the URL (callers show it redacted). ``allow_password=False`` for values files, whose
+    URLs end up in manifests: the password belongs in a Secret."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("must be a Redis URL like redis://host:6379/0")
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        raise ValueError("must not contain whitespace or control characters")
+    if len(url) > 2048:
+        raise ValueError("must be at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("scheme must be one of " + ", ".join(f"{s}://" for s in REDIS_SCHEMES))
+    _, hosts = _split_netloc(parts.netloc)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis.sock")
+    else:
+        items = hosts.split(",") if "+sentinel" in parts.scheme else [hosts]
+        for item in items:
+            m = _HOSTPORT.match(item)
+            if not m:
+                raise ValueError("needs host[:port], e.g. redis://redis.example.com:6379/0"
+                                 + (" (sentinel: host1:26379,host2:26379)" if "+sentinel" in parts.scheme else ""))
+            if m.group(2) and not 1 <= int(m.group(2)[1:]) <= 65535:
+                raise ValueError("port must be between 1 and 65535")
+        segments = [x for x in parts.path.split("/") if x]
+        db = segments[1 if "+sentinel" in parts.scheme else 0:][:1]
+        if "+sentinel" in parts.scheme and not segments:
+            raise ValueError("sentinel URLs name the service: redis+sentinel://host:26379/mymaster/0")
+        if db and not (db[0].isdigit() and int(db[0]) < 16384):
+            raise ValueError("the database must be a number, e.g. /0")
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "db" and not value.isdigit():
+            raise ValueError("the database (db=) must be a number")
+    if not allow_password and has_password(url):
+        raise ValueError("must not carry a password (it would be rendered into the Deployment / compose "
+                         "file): put it in the Secret key REDIS_PASSWORD (k8s) or .env (compose)")

@@ -23,12 +23,14 @@ _REDIS_HELP = "Redis URL (default: $CL_SCALE_REDIS_URL)."
 
 
 def _redis_url(value: Optional[str]) -> str:
-    from cl_scale.runtime.settings import SUPPORTED_SCHEMES, with_password
-    from urllib.parse import urlparse
+    from cl_scale.errors import ConfigError
+    from cl_scale.redis_url import check, redacted, with_password
 
     url = value or os.environ.get("CL_SCALE_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    if urlparse(url).scheme not in SUPPORTED_SCHEMES:
-        raise UserError(f"redis-url: scheme must be one of {', '.join(SUPPORTED_SCHEMES)}")
+    try:
+        check(url, allow_password=True)
+    except ValueError as exc:
+        raise ConfigError("redis-url", redacted(url), str(exc)) from None
     return with_password(url, os.environ.get("REDIS_PASSWORD"))
 
 
@@ -50,7 +52,7 @@ def _key(key_id: Optional[str], key: Optional[str]) -> tuple[str, str]:
 
 
 async def _ping(redis, url: str) -> None:
-    from cl_scale.runtime.settings import redacted
+    from cl_scale.redis_url import redacted
 
     try:
         await asyncio.wait_for(redis.ping(), 3)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cl_scale.cluster.procs import Instance, Nginx, RedisServer, http_status, nginx_binary
 from cl_scale.errors import UserError
+from cl_scale.redis_url import redacted
 
 STATE_FILE = "cluster.json"
 
@@ -141,7 +142,7 @@ class LocalCluster:
             "url": f"http://127.0.0.1:{self.spec.port}",
             "state_dir": str(self.state_dir),
             "app": str(self.spec.app.resolve()) if self.spec.app else "bundled demo app",
-            "redis": {"url": _redact(self.redis_url or ""), "pid": self.redis.proc.pid if self.redis else None,
+            "redis": {"url": redacted(self.redis_url or ""), "pid": self.redis.proc.pid if self.redis else None,
                       "port": self.redis.port if self.redis else None, "managed": self.redis is not None},
             "nginx": {"pid": self.nginx.proc.pid if self.nginx and self.nginx.proc else None,
                       "port": self.spec.port, "prefix": str(self.state_dir / "nginx")},
@@ -166,9 +167,10 @@ def _start_instance(inst: Instance, logs: Path) -> Instance:
     """Like ``Instance.start`` but with the log under the cluster's logs/ directory."""
     from cl_scale.cluster.procs import CL_SCALE, Proc
 
-    cmd = [CL_SCALE, "run", inst.app, "--port", str(inst.port), "--redis-url", inst.redis_url,
-           "--instance-id", inst.name]
-    inst.proc = Proc(cmd, env={"CL_SCALE_INSTANCE_ID": inst.name, "PYTHONUNBUFFERED": "1", **inst.env},
+    # The Redis URL goes by environment, never argv (which any local user can read with ps).
+    cmd = [CL_SCALE, "run", inst.app, "--port", str(inst.port), "--instance-id", inst.name]
+    inst.proc = Proc(cmd, env={"CL_SCALE_INSTANCE_ID": inst.name, "CL_SCALE_REDIS_URL": inst.redis_url,
+                               "PYTHONUNBUFFERED": "1", **inst.env},
                      cwd=str(inst.app_dir), log_path=logs / f"{inst.name}.log").start()
     return inst
 
@@ -178,10 +180,6 @@ def _init_chainlit_files(app_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", "import chainlit.config, chainlit.markdown as m; "
                     "m.init_markdown(chainlit.config.config.root)"],
                    cwd=app_dir, check=False, capture_output=True, timeout=120)
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)
 
 
 # -- state file: status / down from any shell ------------------------------------------------------

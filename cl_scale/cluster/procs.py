@@ -164,10 +164,11 @@ class Instance:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Instance":
-        cmd = self.command or [CL_SCALE, "run", self.app, "--port", str(self.port), "--redis-url", self.redis_url,
-                               "--instance-id", self.name]
+        # The Redis URL goes by environment, never argv (which any local user can read with ps).
+        cmd = self.command or [CL_SCALE, "run", self.app, "--port", str(self.port), "--instance-id", self.name]
         self.proc = Proc(cmd,
-                         env={"CL_SCALE_INSTANCE_ID": self.name, "CHAINLIT_AUTH_SECRET": "test-secret-" + "x" * 32,
+                         env={"CL_SCALE_INSTANCE_ID": self.name, "CL_SCALE_REDIS_URL": self.redis_url,
+                              "CHAINLIT_AUTH_SECRET": "test-secret-" + "x" * 32,
                               "PYTHONUNBUFFERED": "1", **self.env},
                          cwd=str(self.app_dir), log_path=self.app_dir / f"{self.name}.log").start()
         return self

@@ -18,7 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from cl_scale.contract import REDIS_SCHEMES, reserved_env_reason
+from cl_scale.contract import reserved_env_reason
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -297,40 +297,12 @@ class Redis(_Model):
 
 
 def _check_redis_url(url: str) -> None:
+    from cl_scale.redis_url import check, redacted
+
     try:
-        _check_redis_url_syntax(url)
+        check(url, allow_password=False)
     except ValueError as exc:
-        raise FieldError("redis.url", redact_url(url), str(exc)) from None
-
-
-def redact_url(url: str) -> str:
-    from cl_scale.redis_url import redacted
-
-    return redacted(url)
-
-
-def _check_redis_url_syntax(url: str) -> None:
-    from cl_scale.redis_url import has_password
-
-    if _CONTROL.search(url) or any(c.isspace() for c in url):
-        raise ValueError("must not contain whitespace or control characters")
-    if len(url) > 2048:
-        raise ValueError("must be at most 2048 characters")
-    try:
-        parts = urlsplit(url)
-        if "+sentinel" not in parts.scheme:  # sentinel URLs may list several host:port pairs
-            parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError("scheme must be one of " + ", ".join(f"{s}://" for s in REDIS_SCHEMES))
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis.sock")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("needs a host, e.g. redis://redis.example.com:6379/0")
-    if has_password(url):
-        raise ValueError("must not carry a password (it would be rendered into the Deployment / compose "
-                         "file): put it in the Secret key REDIS_PASSWORD (k8s) or .env (compose)")
+        raise FieldError("redis.url", redacted(url), str(exc)) from None
 
 
 class Sticky(_Model):

@@ -55,8 +55,11 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     config.run.headless, config.run.debug = headless, debug
     config.run.root_path = root_path
     config.run.module_name = target
-    # Chainlit's session timeout decides how long a disconnected session is kept; Redis keeps it as long.
-    settings.session_timeout = int(os.environ.get("CL_SCALE_SESSION_TIMEOUT") or config.project.session_timeout)
+    # One session timeout for both: how long Chainlit keeps a disconnected session in memory and how
+    # long Redis keeps it restorable. CL_SCALE_SESSION_TIMEOUT (settings) wins over config.toml.
+    if settings.session_timeout is None:
+        settings.session_timeout = int(config.project.session_timeout)
+    config.project.session_timeout = settings.session_timeout
     cl_config.load_module(target)
     ensure_jwt_secret()
     if not (config.code.on_chat_start or config.code.on_message or config.code.on_audio_chunk):
@@ -75,13 +78,11 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
 
     import uvicorn
 
-    deflate = os.environ.get("UVICORN_WS_PER_MESSAGE_DEFLATE", "true").lower() in ("true", "1", "yes")
-
     async def serve():
         server = _server_class()(uvicorn.Config(
-            asgi_app, host=settings.host, port=settings.port, ws=os.environ.get("UVICORN_WS_PROTOCOL", "auto"),
-            log_level="debug" if debug else "warning", ws_per_message_deflate=deflate,
-            ssl_keyfile=os.environ.get("CHAINLIT_SSL_KEY"), ssl_certfile=os.environ.get("CHAINLIT_SSL_CERT"),
+            asgi_app, host=settings.host, port=settings.port, ws=settings.ws_protocol,
+            log_level="debug" if debug else "warning", ws_per_message_deflate=settings.ws_per_message_deflate,
+            ssl_keyfile=settings.ssl_keyfile, ssl_certfile=settings.ssl_certfile,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
         await server.serve()
 

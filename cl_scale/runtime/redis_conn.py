@@ -30,4 +30,6 @@ def connect(url: str, *, timeout: float | None = 2.0, **options) -> aioredis.Red
         sentinel = Sentinel(hosts, sentinel_kwargs={"password": password} if password else None,
                             ssl=parsed.scheme.startswith("rediss"), **opts)
         return sentinel.master_for(service, db=db, password=password)
+    if parsed.scheme == "unix":  # redis-py's unix-socket connection takes no TCP keepalive option
+        opts.pop("socket_keepalive", None)
     return aioredis.Redis.from_url(url, **opts)

@@ -2,25 +2,57 @@
 
 Values come from ``cl-scale run`` flags, falling back to ``CL_SCALE_*`` environment variables, so the
 same container image works under Kubernetes (env from ConfigMap/Secret) and locally (flags).
+``from_env`` is the only reader of the environment for the runtime; every value is checked here
+(finite, in range, a safe alphabet for names that reach Redis keys and log lines), and a bad one is
+one :class:`ConfigError` line naming the variable — never its secret.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
-from cl_scale.contract import REDIS_SCHEMES
+from cl_scale.contract import DEFAULT_PREFIX, REDIS_SCHEMES
+from cl_scale.errors import ConfigError
+from cl_scale.redis_url import check as check_redis_url
 from cl_scale.redis_url import redacted, with_password  # noqa: F401 (re-exported)
 
 SUPPORTED_SCHEMES = REDIS_SCHEMES  # kept for importers
+#: Instance ids and the key prefix end up in Redis keys, channel names and every log line.
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SAFE_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+DAY = 86400
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _number(name: str, text: str | None, kind: type, lo: float, hi: float):
+    """``text`` (from the environment) as an int/float in [lo, hi]; nan and inf are refused."""
+    if text is None:
+        return None
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise ConfigError(name, text, f"must be {'a whole number' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(name, text, "must be a finite number")
+    if not lo <= value <= hi:
+        raise ConfigError(name, text, f"must be between {lo:g} and {hi:g}")
+    return value
+
+
+def _default_instance_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "instance"
+    return f"{host}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -29,13 +61,13 @@ class RuntimeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     #: Unique per process start: rooms and sessions are registered under it in Redis.
-    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    instance_id: str = field(default_factory=_default_instance_id)
     #: How peers reach this instance directly (session-bound HTTP forwarding).
     advertise_url: str | None = None
     #: Redis keys and channels start with this, so several apps can share one Redis.
-    prefix: str = "clscale"
-    #: Seconds a disconnected session stays restorable (Chainlit's ``session_timeout``).
-    session_timeout: int = 3600
+    prefix: str = DEFAULT_PREFIX
+    #: Seconds a disconnected session stays restorable; None = Chainlit's own ``session_timeout``.
+    session_timeout: int | None = None
     drain_seconds: int = 30
     #: Serve the probes ``cl-scale doctor`` uses (/cl-scale/doctor/*); CL_SCALE_DOCTOR=0 turns them off.
     doctor: bool = True
@@ -44,6 +76,9 @@ class RuntimeSettings:
     #: How often the listener proves itself alive (readiness) and registrations are refreshed.
     heartbeat_seconds: float = 1.0
     files_dir: str | None = None
+    #: Largest request body accepted on the upload endpoint (bytes); None = Chainlit's
+    #: ``features.spontaneous_file_upload.max_size_mb`` (500 MB if unset). Over it: 413.
+    max_upload_bytes: int | None = None
     #: Worker delivery (cl_scale.worker): accepted signing keys ``id:secret[;users=a|b][;sessions=s]``,
     #: comma separated, and gateway bearer tokens in the same syntax. Secrets: never in repr or logs.
     worker_keys: str | None = field(default=None, repr=False)
@@ -55,24 +90,43 @@ class RuntimeSettings:
     worker_max_age: float | None = None
     worker_max_attempts: int = 5
     worker_max_bytes: int = 64 * 1024
+    #: uvicorn/Chainlit settings Chainlit itself reads from the environment (``chainlit run``).
+    ws_protocol: str = "auto"
+    ws_per_message_deflate: bool = True
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> "RuntimeSettings":
         url = overrides.pop("redis_url", None) or _env("CL_SCALE_REDIS_URL") or _env("REDIS_URL") or cls.redis_url
+        where = "--redis-url / CL_SCALE_REDIS_URL"
+        try:
+            check_redis_url(url, allow_password=True)
+        except ValueError as exc:
+            raise ConfigError(where, redacted(url), str(exc)) from None
         values = dict(
             redis_url=with_password(url, _env("REDIS_PASSWORD")),
-            session_timeout=int(_env("CL_SCALE_SESSION_TIMEOUT", "3600")),
-            drain_seconds=int(_env("CL_SCALE_DRAIN_SECONDS", "30")),
+            session_timeout=_number("CL_SCALE_SESSION_TIMEOUT", _env("CL_SCALE_SESSION_TIMEOUT"), int, 1, 30 * DAY),
+            drain_seconds=_number("CL_SCALE_DRAIN_SECONDS", _env("CL_SCALE_DRAIN_SECONDS", "30"), int, 0, 3600),
             doctor=_env("CL_SCALE_DOCTOR", "1").lower() not in ("0", "false", "no", "off"),
-            prefix=_env("CL_SCALE_PREFIX", "clscale"),
+            prefix=_env("CL_SCALE_PREFIX", DEFAULT_PREFIX),
             advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
             files_dir=_env("CL_SCALE_FILES_DIR"),
+            max_upload_bytes=(_number("CL_SCALE_MAX_UPLOAD_MB", _env("CL_SCALE_MAX_UPLOAD_MB"), int, 1, 100_000)
+                              or 0) * 1024 * 1024 or None,
             worker_keys=_env("CL_SCALE_WORKER_KEYS"),
             gateway_tokens=_env("CL_SCALE_GATEWAY_TOKENS"),
-            worker_outbox_max=int(_env("CL_SCALE_WORKER_OUTBOX_MAX", "1000")),
-            worker_outbox_ttl=float(_env("CL_SCALE_WORKER_OUTBOX_TTL", "3600")),
-            worker_max_age=float(_env("CL_SCALE_WORKER_MAX_AGE")) if _env("CL_SCALE_WORKER_MAX_AGE") else None,
-            worker_max_attempts=int(_env("CL_SCALE_WORKER_MAX_ATTEMPTS", "5")),
+            worker_outbox_max=_number("CL_SCALE_WORKER_OUTBOX_MAX", _env("CL_SCALE_WORKER_OUTBOX_MAX", "1000"),
+                                      int, 1, 1_000_000),
+            worker_outbox_ttl=_number("CL_SCALE_WORKER_OUTBOX_TTL", _env("CL_SCALE_WORKER_OUTBOX_TTL", "3600"),
+                                      float, 1, 30 * DAY),
+            worker_max_age=_number("CL_SCALE_WORKER_MAX_AGE", _env("CL_SCALE_WORKER_MAX_AGE"), float, 1, 30 * DAY),
+            worker_max_attempts=_number("CL_SCALE_WORKER_MAX_ATTEMPTS", _env("CL_SCALE_WORKER_MAX_ATTEMPTS", "5"),
+                                        int, 1, 100),
+            ws_protocol=_env("UVICORN_WS_PROTOCOL", "auto"),
+            ws_per_message_deflate=_env("UVICORN_WS_PER_MESSAGE_DEFLATE", "true").lower() in ("true", "1", "yes"),
+            ssl_keyfile=_env("CHAINLIT_SSL_KEY"),
+            ssl_certfile=_env("CHAINLIT_SSL_CERT"),
         )
         if _env("CL_SCALE_INSTANCE_ID"):
             values["instance_id"] = _env("CL_SCALE_INSTANCE_ID")
@@ -81,16 +135,31 @@ class RuntimeSettings:
         settings.validate()
         if not settings.advertise_url:
             host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = f"[{host}]" if ":" in host else host
             settings.advertise_url = f"http://{host}:{settings.port}"
         return settings
 
     def validate(self) -> None:
-        from cl_scale.errors import ConfigError
-
-        scheme = urlparse(self.redis_url).scheme
-        if scheme not in SUPPORTED_SCHEMES:
-            raise ConfigError("redis-url", redacted(self.redis_url), f"scheme must be one of {', '.join(SUPPORTED_SCHEMES)}")
-        if not 1 <= self.port <= 65535:
+        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise ConfigError("redis-url", redacted(self.redis_url),
+                              f"scheme must be one of {', '.join(REDIS_SCHEMES)}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError("port", self.port, "must be between 1 and 65535")
-        if self.session_timeout < 1:
+        if not _HOST.match(self.host or ""):
+            raise ConfigError("host", self.host, "must be an IP address or a host name")
+        if not SAFE_NAME.fullmatch(self.instance_id or ""):
+            raise ConfigError("instance-id / CL_SCALE_INSTANCE_ID", self.instance_id,
+                              "must be 1-128 of [A-Za-z0-9._-] (it names Redis keys and prefixes log lines)")
+        if not SAFE_PREFIX.fullmatch(self.prefix or ""):
+            raise ConfigError("CL_SCALE_PREFIX", self.prefix, "must be 1-64 of [A-Za-z0-9._-]")
+        if self.advertise_url is not None:
+            parts = urlsplit(self.advertise_url) if not re.search(r"[\s\x00-\x1f\x7f]", self.advertise_url) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(self.advertise_url) > 512:
+                raise ConfigError("advertise-url / CL_SCALE_ADVERTISE_URL", self.advertise_url,
+                                  "must be an http:// or https:// URL peers can reach this instance at")
+        if self.session_timeout is not None and not 1 <= self.session_timeout <= 30 * DAY:
             raise ConfigError("CL_SCALE_SESSION_TIMEOUT", self.session_timeout, "must be a positive number of seconds")
+        from cl_scale.worker.protocol import parse_keys
+
+        parse_keys(self.worker_keys, "CL_SCALE_WORKER_KEYS")
+        parse_keys(self.gateway_tokens, "CL_SCALE_GATEWAY_TOKENS")
