@@ -28,7 +28,9 @@ log = logging.getLogger("cl_scale.hooks")
 TESTED_CHAINLIT = (">=2.12.0", "<2.13")
 # Keys Chainlit copies into user_session on every get(): rebuilt from the session, never stored.
 _DERIVED_KEYS = {"id", "env", "chat_settings", "user", "chat_profile", "client_type"}
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+#: Chainlit session ids are uuid4s; accept that alphabet only, always with ``fullmatch`` ("$" would
+#: accept a trailing newline, and ids end up in Redis keys and log lines).
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,128}")
 _OPTIONAL_STR = ("threadId", "userEnv", "chatProfile")
 
 # (module, attribute) pairs cl-scale patches or reads.
@@ -135,7 +137,7 @@ def validate_auth(auth) -> str:
     if not isinstance(auth, dict):
         raise ConnectionRefusedError("invalid handshake: auth must be an object")
     session_id = auth.get("sessionId")
-    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+    if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         raise ConnectionRefusedError("invalid handshake: sessionId missing or malformed")
     if auth.get("clientType") not in ("webapp", "copilot", "teams", "slack", "discord"):
         raise ConnectionRefusedError("invalid handshake: unknown clientType")

@@ -33,6 +33,11 @@ async def on_message(message: cl.Message):
     elif text == "file":
         files = [e for e in message.elements if getattr(e, "path", None)]
         text = "file=" + "|".join(open(f.path).read() for f in files)
+    elif text == "filehash":
+        import hashlib
+
+        files = [e for e in message.elements if getattr(e, "path", None)]
+        text = "filehash=" + "|".join(hashlib.sha256(open(f.path, "rb").read()).hexdigest() for f in files)
     elif text.startswith("relay "):  # emit into another session, wherever it is connected
         _, target, payload = text.split(" ", 2)
         await cl_scale.emit_to_session(target, "cl-scale", {"text": payload, "from": INSTANCE})
