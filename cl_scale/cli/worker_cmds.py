@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from typing import Optional
 
 import typer
@@ -20,6 +19,7 @@ dlq_app = typer.Typer(help="Inspect and recover dead-lettered worker messages.\n
 app.add_typer(dlq_app, name="dlq")
 
 _REDIS_HELP = "Redis URL (default: $CL_SCALE_REDIS_URL)."
+_PREFIX_HELP = "Redis key prefix (default: $CL_SCALE_PREFIX, as the instances read it; else clscale)."
 
 
 def _redis_url(value: Optional[str]) -> str:
@@ -78,7 +78,7 @@ def send_cmd(
     redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
     key_id: Optional[str] = typer.Option(None, "--key-id", help="Signing key id."),
     key: Optional[str] = typer.Option(None, "--key", help="Signing key (prefer $CL_SCALE_WORKER_KEY)."),
-    prefix: str = typer.Option("clscale", help="Redis key prefix (CL_SCALE_PREFIX of the instances)."),
+    prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
 ) -> None:
     if not text.strip():
         raise UserError("TEXT: must not be empty")
@@ -88,6 +88,7 @@ def send_cmd(
         raise UserError("target: --thread and --user name two targets; add --session or drop one")
     url = _redis_url(redis_url)
     kid, secret = _key(key_id, key)
+    prefix = _prefix(prefix)
     typer.echo(asyncio.run(_send(url, kid, secret, prefix, text, session, user, thread, author, message_id)))
 
 
@@ -119,16 +120,6 @@ async def _send(url, kid, secret, prefix, text, session, user, thread, author, m
             pass
 
 
-def _decode(fields: dict) -> dict:
-    out = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-    try:
-        body = json.loads(out.get("body", ""))
-        out["mid"] = body.get("mid") if isinstance(body, dict) else None
-    except ValueError:
-        out["mid"] = None
-    return out
-
-
 async def _with_redis(url: str, fn):
     from cl_scale.runtime.redis_conn import connect
 
@@ -140,113 +131,110 @@ async def _with_redis(url: str, fn):
         await redis.aclose()
 
 
-@dlq_app.command("list", help="Dead letters, oldest first: id, reason, session, message id.")
+def _ids(ids: list[str], all_: bool) -> list[str] | None:
+    """The ids given (checked), or None for --all."""
+    from cl_scale.worker.dlq import check_ids
+
+    if not ids and not all_:
+        raise UserError("give dead-letter ids (see `cl-scale dlq list`) or --all")
+    if ids and all_:
+        raise UserError("give dead-letter ids or --all, not both")
+    try:
+        return None if all_ else check_ids(ids)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@dlq_app.command("list", help=(
+    "Dead letters, oldest first: id, code, session, message id, reason (control characters escaped).\n\n"
+    "Examples:\n\n  cl-scale dlq list\n\n  cl-scale dlq list --json --limit 20"))
 def dlq_list(redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
              limit: int = typer.Option(100, min=1, help="At most this many."),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-             prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
-    from cl_scale.worker.protocol import dlq_key
+             prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP)) -> None:
+    from cl_scale.worker.dlq import list_letters
 
-    async def run(redis):
-        return await redis.xrange(dlq_key(prefix), count=limit)
-
-    entries = asyncio.run(_with_redis(_redis_url(redis_url), run))
-    for eid, fields in entries:
-        d = _decode(fields)
+    prefix = _prefix(prefix)
+    letters = asyncio.run(_with_redis(_redis_url(redis_url), lambda r: list_letters(r, prefix, limit)))
+    for letter in letters:
+        d = letter.summary()
         if as_json:
-            typer.echo(json.dumps({"id": eid.decode(), "reason": d.get("reason"), "session": d.get("session"),
-                                   "mid": d.get("mid"), "kid": d.get("kid"), "at": d.get("at")}))
+            typer.echo(json.dumps(d))
         else:
-            typer.echo(f"{eid.decode()}  session={d.get('session') or '-'}  mid={d.get('mid') or '-'}  "
-                       f"reason={d.get('reason')}")
+            typer.echo(f"{d['id']}  {d['code']}  session={d['session'] or '-'}  mid={d['mid'] or '-'}  "
+                       f"reason={d['reason']}")
     if not as_json:
-        typer.echo(f"{len(entries)} dead letter(s)", err=True)
-
-
-def _select(ids: list[str], all_: bool) -> None:
-    if not ids and not all_:
-        raise UserError("give dead-letter ids (see `cl-scale dlq list`) or --all")
-    for i in ids:
-        head, _, tail = i.partition("-")
-        if not head.isdigit() or (tail and not tail.isdigit()):
-            raise UserError(f"id={i!r}: not a stream id (like 1700000000000-0)")
-
-
-def _entry_id(body: bytes) -> str:
-    """The (unverified) entry id of a dead letter's body; the instance verifies it again on delivery."""
-    try:
-        eid = json.loads(body).get("eid")
-    except (ValueError, AttributeError):
-        return ""
-    return eid if isinstance(eid, str) else ""
+        typer.echo(f"{len(letters)} dead letter(s)", err=True)
 
 
 @dlq_app.command("replay", help=(
-    "Put dead letters back into their session's outbox (verified again on delivery). Messages past "
-    "the replay window need --resign (re-signs with your key and a fresh timestamp)."))
+    "Put dead letters back into their session's outbox; the owner verifies them again.\n\n"
+    "--resign re-signs with your key and a fresh timestamp, and only letters refused as too_old, "
+    "expired or outbox_full whose original signature verifies with a key in $CL_SCALE_WORKER_KEYS "
+    "(or --key-id/--key): a forged or out-of-scope message is never re-signed.\n\n"
+    "Examples:\n\n  cl-scale dlq replay 1700000000000-0\n\n  cl-scale dlq replay --all --resign"))
 def dlq_replay(ids: list[str] = typer.Argument(None, metavar="[ID]..."),
                all_: bool = typer.Option(False, "--all", help="Every dead letter."),
                resign: bool = typer.Option(False, "--resign", help="Re-sign with --key-id/--key (fresh time)."),
                redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
-               key_id: Optional[str] = typer.Option(None, "--key-id"), key: Optional[str] = typer.Option(None, "--key"),
-               prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
-    from cl_scale.worker import protocol as p
+               key_id: Optional[str] = typer.Option(None, "--key-id", help="Signing key id."),
+               key: Optional[str] = typer.Option(None, "--key", help="Signing key (prefer $CL_SCALE_WORKER_KEY)."),
+               prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP)) -> None:
+    from cl_scale.worker import dlq
+    from cl_scale.worker.protocol import WorkerKey, parse_keys
 
-    ids = ids or []
-    _select(ids, all_)
-    signer = _key(key_id, key) if resign else None
-
-    async def run(redis):
-        script = redis.register_script(p.OUTBOX_APPEND)
-        entries = await redis.xrange(p.dlq_key(prefix), count=100_000) if all_ else \
-            [e for i in ids for e in await redis.xrange(p.dlq_key(prefix), i, i)]
-        replayed = skipped = 0
-        for eid, fields in entries:
-            d = _decode(fields)
-            session = d.get("session")
-            kid, body, sig = d.get("kid", ""), fields.get(b"body", b""), d.get("sig", "")
-            if not session:
-                skipped += 1
-                continue
-            if signer:
-                try:
-                    parsed = p.Body.model_validate_json(body)
-                except Exception:
-                    skipped += 1
-                    continue
-                parsed.ts = time.time()
-                kid, body = signer[0], p.canonical(parsed)
-                sig = p.sign(signer[1].encode(), body)
-            keys, args = p.outbox_append_call(prefix, session, _entry_id(body), kid, body, sig,
-                                              outbox_max=1000, ttl=3600)
-            ok = await script(keys=keys, args=args)
-            await redis.xdel(p.dlq_key(prefix), eid)
-            replayed += 1 if ok == 1 else 0
-            skipped += 0 if ok == 1 else 1
-        return replayed, skipped
-
-    replayed, skipped = asyncio.run(_with_redis(_redis_url(redis_url), run))
-    typer.echo(f"replayed {replayed}, skipped {skipped} (no session, unreadable, or outbox full)")
+    chosen = _ids(ids or [], all_)
+    prefix = _prefix(prefix)
+    signer = verify = None
+    if resign:
+        kid, secret = _key(key_id, key)
+        signer = WorkerKey(kid=kid, secret=secret.encode())
+        verify = {**parse_keys(os.environ.get("CL_SCALE_WORKER_KEYS")), kid: signer}
+    limits = _worker_limits()
+    result = asyncio.run(_with_redis(_redis_url(redis_url), lambda r: dlq.replay(
+        r, prefix, chosen, outbox_max=limits.worker_outbox_max, outbox_ttl=limits.worker_outbox_ttl,
+        resign_with=signer, verify_keys=verify)))
+    for letter_id, why in result.skipped:
+        typer.echo(f"skipped {letter_id}: {why}", err=True)
+    typer.echo(f"replayed {result.replayed}, skipped {len(result.skipped)}")
+    if result.skipped:
+        raise typer.Exit(1)
 
 
-@dlq_app.command("purge", help="Delete dead letters for good.")
+@dlq_app.command("purge", help=(
+    "Delete dead letters for good.\n\n"
+    "Examples:\n\n  cl-scale dlq purge 1700000000000-0\n\n  cl-scale dlq purge --all"))
 def dlq_purge(ids: list[str] = typer.Argument(None, metavar="[ID]..."),
               all_: bool = typer.Option(False, "--all", help="Every dead letter."),
               redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
-              prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
-    from cl_scale.worker.protocol import dlq_key
+              prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP)) -> None:
+    from cl_scale.worker.dlq import purge
 
-    ids = ids or []
-    _select(ids, all_)
+    chosen = _ids(ids or [], all_)
+    prefix = _prefix(prefix)
+    typer.echo(f"purged {asyncio.run(_with_redis(_redis_url(redis_url), lambda r: purge(r, prefix, chosen)))}")
 
-    async def run(redis):
-        if all_:
-            n = await redis.xlen(dlq_key(prefix))
-            await redis.delete(dlq_key(prefix))
-            return n
-        return await redis.xdel(dlq_key(prefix), *ids)
 
-    typer.echo(f"purged {asyncio.run(_with_redis(_redis_url(redis_url), run))}")
+def _prefix(value: Optional[str]) -> str:
+    """--prefix, else $CL_SCALE_PREFIX (as the instances read it), else the default."""
+    from cl_scale.contract import DEFAULT_PREFIX
+    from cl_scale.runtime.settings import SAFE_PREFIX
+
+    prefix = value or os.environ.get("CL_SCALE_PREFIX") or DEFAULT_PREFIX
+    if not SAFE_PREFIX.fullmatch(prefix):
+        raise UserError(f"prefix={prefix[:64]!r}: must be 1-64 of [A-Za-z0-9._-]")
+    return prefix
+
+
+def _worker_limits():
+    """Outbox bound and TTL as the instances read them (CL_SCALE_WORKER_OUTBOX_MAX / _TTL)."""
+    from cl_scale.runtime.settings import RuntimeSettings, _env, _number
+
+    return RuntimeSettings(
+        worker_outbox_max=_number("CL_SCALE_WORKER_OUTBOX_MAX", _env("CL_SCALE_WORKER_OUTBOX_MAX", "1000"),
+                                  int, 1, 1_000_000),
+        worker_outbox_ttl=_number("CL_SCALE_WORKER_OUTBOX_TTL", _env("CL_SCALE_WORKER_OUTBOX_TTL", "3600"),
+                                  float, 1, 30 * 86400))
 
 
 @app.command("gateway", help=(
@@ -258,13 +246,14 @@ def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", hel
                 host: str = typer.Option("127.0.0.1", help="Address to listen on."),
                 port: int = typer.Option(8100, help="Port to listen on."),
                 key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs."),
-                prefix: str = typer.Option("clscale", help="Redis key prefix.")) -> None:
+                prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP)) -> None:
     import uvicorn
 
     from cl_scale.gateway.app import Gateway, build_app
     from cl_scale.worker.protocol import parse_keys
 
     url = _redis_url(redis_url)
+    prefix = _prefix(prefix)
     tokens, keys = os.environ.get("CL_SCALE_GATEWAY_TOKENS"), os.environ.get("CL_SCALE_WORKER_KEYS")
     if not parse_keys(tokens, "CL_SCALE_GATEWAY_TOKENS"):
         raise UserError("CL_SCALE_GATEWAY_TOKENS: no tokens set: every request would be refused")

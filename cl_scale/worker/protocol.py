@@ -68,6 +68,10 @@ def sign(key: bytes, data: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
+def signature_ok(key: bytes, data: bytes, sig: str) -> bool:
+    return hmac.compare_digest(sign(key, data).encode(), (sig or "").encode())
+
+
 def stream_key(prefix: str, session_id: str) -> str:
     return f"{prefix}:wk:s:{{{session_id}}}"
 
@@ -254,7 +258,7 @@ def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age
     key = keys.get(kid)
     if key is None:
         raise Rejected("unknown_key", f"unknown key id {kid[:64]!r}")
-    if not hmac.compare_digest(sign(key.secret, raw).encode(), sig.encode()):
+    if not signature_ok(key.secret, raw, sig):
         raise Rejected("bad_signature", f"bad signature (key {kid!r})")
     try:
         body = Body.model_validate_json(raw)

@@ -40,6 +40,38 @@ async def test_send_and_dlq_round_trip(cluster, worker_env):
         assert replay.returncode == 0 and "replayed 1" in replay.stdout, replay.stdout + replay.stderr
         await client.wait_for(lambda: "w-late" in worker_texts(client), 15)
 
+        # Letters whose origin is in question are never re-signed (that would launder them): a forged
+        # signature, an unknown key, an out-of-scope key, an old letter whose signature does not verify.
+        forged = [
+            {**signed(client.session_id, b"secret-one", text="w-forged"), "sig": "0" * 64},
+            signed(client.session_id, b"whatever", kid="k9", text="w-unknown-key"),
+            signed(client.session_id, b"secret-two", kid="k2", text="w-out-of-scope"),  # k2: only alice
+        ]
+        for fields in forged:
+            await raw_publish(url, client.session_id, fields)
+        for _ in range(40):
+            if len(await dlq(url)) == 3:
+                break
+            await asyncio.sleep(0.25)
+        codes = sorted(d["code"] for d in await dlq(url))
+        assert codes == ["bad_signature", "out_of_scope", "unknown_key"], codes
+        laundering = await asyncio.to_thread(cli, "dlq", "replay", "--all", "--resign", "--redis-url", url)
+        assert laundering.returncode == 1 and "replayed 0, skipped 3" in laundering.stdout, laundering.stdout
+        assert laundering.stderr.count("refused to re-sign") == 3, laundering.stderr
+        assert len(await dlq(url)) == 3, "refused letters must stay dead-lettered"
+        # A "too old" letter written straight into the dead-letter stream with a forged signature.
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(url)
+        forged_old = {**signed(client.session_id, b"secret-one", text="w-forged-old", ts=1.0), "sig": "1" * 64}
+        await r.xadd("clscale:wk:dlq", {**forged_old, "code": "too_old", "reason": "too old: signed long ago",
+                                        "session": client.session_id, "at": "1"})
+        await r.aclose()
+        laundering = await asyncio.to_thread(cli, "dlq", "replay", "--all", "--resign", "--redis-url", url)
+        assert "replayed 0, skipped 4" in laundering.stdout and "does not verify" in laundering.stderr
+        await asyncio.to_thread(cli, "dlq", "purge", "--all", "--redis-url", url)
+        assert not [t for t in worker_texts(client) if t in ("w-forged", "w-unknown-key", "w-out-of-scope", "w-forged-old")]
+
         await raw_publish(url, client.session_id, {"kid": "k1", "body": b"{}", "sig": "00"})
         for _ in range(40):
             if await dlq(url):
@@ -65,6 +97,9 @@ def test_bad_input_exits_2_with_one_line(redis_server):
         (["send", "--session", "s1", "--user", "bob", "--redis-url", url, "hi"], "not a session of user"),
         (["dlq", "replay", "--redis-url", url], "--all"),
         (["dlq", "purge", "not-an-id", "--redis-url", url], "not a stream id"),
+        (["dlq", "purge", "123-", "--redis-url", url], "not a stream id"),
+        (["dlq", "replay", "9" * 26, "--redis-url", url], "not a stream id"),
+        (["dlq", "replay", "1-1", "--all", "--redis-url", url], "not both"),
     ]
     for args, expected in cases:
         out = cli(*args)
