@@ -195,7 +195,10 @@ class ChainlitHooks:
         self._warned_keys: set[str] = set()
         self._changes: dict[str, _ContextChanges] = {}
         self._handshakes: dict[str, list] = {}  # session id -> [lock, handshakes waiting]
+        self._tasks: set[asyncio.Task] = set()
         self.restore_callbacks: list = []
+        #: Called with a session id when the session leaves this process (delivery frees its streams).
+        self.release_callbacks: list = []
         #: Sessions whose messages are being rendered from the worker outbox: their entries stay
         #: pending in Redis until the batch is saved, so per-message commits are skipped (delivery.py).
         self.deferred_commit: set[str] = set()
@@ -240,6 +243,24 @@ class ChainlitHooks:
         patch(us.UserSession, "set")
         for name in ("add", "remove", "clear"):
             patch(cc.ChatContext, name)
+
+        from chainlit.session import WebsocketSession
+
+        original_delete = WebsocketSession.delete
+
+        async def delete(session_self):
+            """Chainlit clears a session (its timeout passed, or the user cleared it): release
+            everything kept for it here too. (Chainlit itself never drops its chat context.)"""
+            try:
+                await original_delete(session_self)
+            finally:
+                from chainlit.chat_context import chat_contexts
+
+                chat_contexts.pop(session_self.id, None)
+                hooks.release(session_self.id)
+
+        delete.__wrapped__ = original_delete
+        WebsocketSession.delete = delete
 
         from chainlit.emitter import ChainlitEmitter
 
@@ -402,7 +423,7 @@ class ChainlitHooks:
                 json.dumps(value)
             except (TypeError, ValueError):
                 metrics.SNAPSHOT_SKIPPED.inc()
-                if key not in self._warned_keys:
+                if key not in self._warned_keys and len(self._warned_keys) < 1000:
                     self._warned_keys.add(key)
                     log.warning("user_session[%r] (%s) is not JSON-serialisable: not shared across "
                                 "instances; rebuild it in an @on_session_restore hook",
@@ -478,7 +499,33 @@ class ChainlitHooks:
             ws_sessions_sid.pop(session.socket_id, None)
         user_sessions.pop(session.id, None)
         chat_contexts.pop(session.id, None)
-        self._changes.pop(session.id, None)
+        self.release(session.id)
+
+    def release(self, session_id: str) -> None:
+        """Forget every piece of bookkeeping kept for a session (it left this process)."""
+        queued = self._pending.pop(session_id, None)
+        if queued is not None:
+            queued[0].cancel()
+        for container in (self._in_handler, self._locks, self._changes):
+            container.pop(session_id, None)
+        for container in (self._dirty, self._flushing, self._again, self.deferred_commit):
+            container.discard(session_id)
+        for callback in self.release_callbacks:
+            callback(session_id)
+
+    def tracked(self) -> dict[str, int]:
+        """Sizes of the per-session bookkeeping (``/metrics``: a leak shows as a number that only grows)."""
+        return {"save_pending": len(self._pending), "save_in_handler": len(self._in_handler),
+                "save_dirty": len(self._dirty), "save_flushing": len(self._flushing), "save_again": len(self._again),
+                "save_locks": len(self._locks), "context_changes": len(self._changes),
+                "handshakes": len(self._handshakes), "tasks": len(self._tasks)}
+
+    def _spawn(self, coro) -> asyncio.Task:
+        """A background task that is kept until it ends (an unreferenced task may be collected)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- saving ---------------------------------------------------------------------------------
     def on_change(self, what: str, args: tuple) -> None:
@@ -529,7 +576,7 @@ class ChainlitHooks:
             queued[0].cancel()
         self._again.discard(session.id)
         lock = self._locks.get(session.id)
-        write = asyncio.ensure_future(self.save(session))
+        write = self._spawn(self.save(session))
         if lock is not None and lock.locked():
             try:
                 await asyncio.wait_for(asyncio.shield(write), COMMIT_WAIT_SECONDS)
@@ -556,7 +603,7 @@ class ChainlitHooks:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        handle = loop.call_later(delay, lambda: loop.create_task(self._flush(session_id)))
+        handle = loop.call_later(delay, lambda: self._spawn(self._flush(session_id)))
         self._pending[session_id] = (handle, delay)
 
     async def _flush(self, session_id: str) -> None:

@@ -18,6 +18,7 @@ past the TTL.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -32,6 +33,7 @@ log = logging.getLogger("cl_scale.delivery")
 BATCH = 200
 JANITOR_EVERY = 2.0
 SWEEP_EVERY = 1.0
+MAX_OPEN_STREAMS = 10_000  # worker streams open at once on one instance (oldest dropped past it)
 # Settle one batch in one round trip. KEYS: stream, outbox index, dlq, then the seen keys to set.
 # ARGV: session, dedupe ttl, now, n handled entry ids, the ids, then (kid, body, sig, code, reason) per dead
 # letter. The index entry goes only if the stream is really empty (a publish may have raced in).
@@ -64,7 +66,10 @@ class Delivery:
         self._settle_script = self.redis.register_script(_SETTLE)
         self._draining: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
-        self._streams: dict[tuple[str, str], object] = {}  # (session, mid) -> Message being streamed
+        # (session, mid) -> Message being streamed, oldest first. Freed at stream_end, when the session
+        # leaves this process, or (a worker that never ends its stream) past MAX_OPEN_STREAMS.
+        self._streams: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
+        runtime.hooks.release_callbacks.append(self.release)
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -72,6 +77,16 @@ class Delivery:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._wake_loop()), loop.create_task(self._sweep_loop())]
         log.info("worker delivery on: %d key(s) [%s]", len(self.keys), ", ".join(self.keys))
+
+    def release(self, session_id: str) -> None:
+        """The session left this process: drop its open streams and pending re-reads."""
+        for handle in [h for h in self._streams if h[0] == session_id]:
+            del self._streams[handle]
+        self._again.discard(session_id)
+
+    def tracked(self) -> dict[str, int]:
+        return {"delivery_streams": len(self._streams), "delivery_draining": len(self._draining),
+                "delivery_again": len(self._again)}
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._draining.values()]:
@@ -330,6 +345,12 @@ class Delivery:
             msg = self._streams.get(handle)
             if msg is None:
                 msg = self._streams[handle] = self._message(body, content="")
+                while len(self._streams) > MAX_OPEN_STREAMS:
+                    (old_sid, old_mid), _ = self._streams.popitem(last=False)
+                    log.warning("session %s: stream %s never ended; its partial message stays as shown",
+                                old_sid, old_mid[:80])
+            else:
+                self._streams.move_to_end(handle)
             await msg.stream_token(body.content)
         elif body.kind == "stream_end":
             msg = self._streams.pop(handle, None) or self._message(body)

@@ -186,7 +186,14 @@ class Instance:
         return (checks["redis"] and checks["listener"] and not self.draining), checks
 
     def update_gauges(self) -> None:
-        from chainlit.session import ws_sessions_id
+        from chainlit.chat_context import chat_contexts
+        from chainlit.session import ws_sessions_id, ws_sessions_sid
+        from chainlit.user_session import user_sessions
 
         metrics.SESSIONS.set(len(ws_sessions_id))
         metrics.SOCKETS.set(len(self.manager.rooms.get("/", {}).get(None, {})))
+        tracked = {**self.hooks.tracked(), **self.delivery.tracked(), "rooms_registered": len(self.manager._registered),
+                   "chainlit_sessions": len(ws_sessions_id), "chainlit_sockets": len(ws_sessions_sid),
+                   "chainlit_user_sessions": len(user_sessions), "chainlit_chat_contexts": len(chat_contexts)}
+        for name, size in tracked.items():
+            metrics.TRACKED.labels(name).set(size)

@@ -26,6 +26,10 @@ log = logging.getLogger("cl_scale.manager")
 
 
 _LOCAL_EMITS = metrics.EMITS.labels("local")  # resolved once: this is the per-token hot path
+# Room registry entries expire unless their holder refreshes them: a SIGKILLed instance's rooms
+# disappear by themselves (publishes to a gone holder also prune it at once).
+ROOM_TTL = 600
+ROOM_REFRESH_EVERY = ROOM_TTL / 3
 
 
 class LocalFirstRedisManager(AsyncRedisManager):
@@ -158,7 +162,10 @@ class LocalFirstRedisManager(AsyncRedisManager):
         self._registered.add((namespace, room))
         try:
             async with asyncio.timeout(self.redis_timeout):
-                await self.redis.sadd(self.room_key(namespace, room), self.host_id)
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.sadd(self.room_key(namespace, room), self.host_id)
+                pipe.expire(self.room_key(namespace, room), ROOM_TTL)
+                await pipe.execute()
         except Exception as exc:  # re-sent by the heartbeat once Redis is back
             self.redis_ok = False
             log.warning("room registration deferred (%s): %s", room, exc)
@@ -211,22 +218,33 @@ class LocalFirstRedisManager(AsyncRedisManager):
                     pass
 
     async def _heartbeat(self):
-        """Self-ping through Redis (proves the listener works) and re-register rooms after an outage."""
+        """Self-ping through Redis (proves the listener works); re-register rooms after an outage
+        and refresh their TTL every ``ROOM_REFRESH_EVERY`` seconds."""
+        refreshed = time.monotonic()
         while True:
             try:
                 async with asyncio.timeout(self.redis_timeout):
                     await self.redis.publish(self.channel, "ping")
-                    if not self.redis_ok and self._registered:
-                        pipe = self.redis.pipeline(transaction=False)
-                        for namespace, room in list(self._registered):
-                            pipe.sadd(self.room_key(namespace, room), self.host_id)
-                        await pipe.execute()
+                due = time.monotonic() - refreshed > ROOM_REFRESH_EVERY
+                if (due or not self.redis_ok) and self._registered:
+                    await self._refresh_rooms()
+                    refreshed = time.monotonic()
                 self.redis_ok = True
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.redis_ok = False
             await asyncio.sleep(self.heartbeat_seconds)
+
+    async def _refresh_rooms(self) -> None:
+        rooms = list(self._registered)
+        for i in range(0, len(rooms), 1000):
+            async with asyncio.timeout(self.redis_timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for namespace, room in rooms[i:i + 1000]:
+                    pipe.sadd(self.room_key(namespace, room), self.host_id)
+                    pipe.expire(self.room_key(namespace, room), ROOM_TTL)
+                await pipe.execute()
 
     def listener_alive(self) -> bool:
         return self.redis_ok and time.monotonic() - self.listener_alive_at < max(5.0, 3 * self.heartbeat_seconds)

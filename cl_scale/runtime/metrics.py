@@ -9,6 +9,8 @@ EMITS = Counter("clscale_emits_total", "Socket.IO emits by path: local (no Redis
 EMIT_ERRORS = Counter("clscale_emit_errors_total", "Cross-instance emits that failed to reach Redis", registry=REGISTRY)
 SESSIONS = Gauge("clscale_sessions", "Chainlit sessions held by this instance", registry=REGISTRY)
 SOCKETS = Gauge("clscale_sockets", "Socket.IO connections on this instance", registry=REGISTRY)
+TRACKED = Gauge("clscale_tracked_entries", "Per-session bookkeeping entries held in this process, by map "
+                "(cl-scale's and Chainlit's own): a number that only grows is a leak", ["map"], registry=REGISTRY)
 RESTORED = Counter("clscale_sessions_restored_total", "Sessions rehydrated from Redis after a move", registry=REGISTRY)
 STORE_ERRORS = Counter("clscale_session_store_errors_total", "Session snapshot reads/writes that failed",
                        registry=REGISTRY)
