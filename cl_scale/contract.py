@@ -16,6 +16,8 @@ SECRET_ENV = {
     "REDIS_PASSWORD": "password of the bundled Redis (or of your external Redis)",
     "CL_SCALE_WORKER_KEYS": "keys of processes allowed to push messages, id:secret[;users=a|b] (may stay empty)",
     "CL_SCALE_GATEWAY_TOKENS": "bearer tokens of the worker HTTP gateway, id:token[;users=a|b] (may stay empty)",
+    "CL_SCALE_DOCTOR_TOKEN": "bearer token of the /cl-scale/doctor/ probes `cl-scale doctor --token` uses "
+                             "(may stay empty: no probes)",
     "REDIS_WORKER_PASSWORD": "bundled Redis only: password of the least-privilege `clscale-worker` "
                              "user workers connect with (may stay empty: no such user)",
 }

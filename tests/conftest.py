@@ -12,6 +12,7 @@ import pytest
 from tests.support.servers import Instance, Nginx, RedisServer
 
 APPS = Path(__file__).parent / "apps"
+DOCTOR_TOKEN = "test-doctor-token"
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ class Cluster:
 
     def start(self, n: int, *, app: str = "app.py", nginx: bool = False, sticky: str = "ip_hash",
               env: dict | None = None) -> "Cluster":
+        env = {"CL_SCALE_DOCTOR_TOKEN": DOCTOR_TOKEN, **(env or {})}
         new = [Instance(self.app_dir, self.redis.url, f"inst{i + 1}", app=app, env=env).start() for i in range(n)]
         for inst in new:
             inst.wait_ready()

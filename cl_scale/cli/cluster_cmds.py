@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -168,6 +169,9 @@ def doctor_cmd(
     idle_seconds: Optional[float] = typer.Option(None, help="How long the timeouts check keeps a socket idle "
                                                 "(default: Socket.IO ping interval + 5 s)."),
     affinity_header: Optional[str] = typer.Option(None, help="Header the balancer hashes (sticky.mode=header)."),
+    token: Optional[str] = typer.Option(None, help="The instances' CL_SCALE_DOCTOR_TOKEN (default: "
+                                        "$CL_SCALE_DOCTOR_TOKEN, else the local cluster's in --state-dir)."),
+    state_dir: Path = typer.Option(Path(".cl-scale"), help=STATE_DIR_HELP),
 ) -> None:
     import asyncio
     from urllib.parse import urlsplit
@@ -180,7 +184,10 @@ def doctor_cmd(
         raise UserError(f"URL {url!r}: expected http(s)://host[:port]")
     if not 1 <= clients <= 50:
         raise UserError(f"--clients {clients}: must be between 1 and 50")
+    from cl_scale.cluster.local import local_secret
+
+    token = token or os.environ.get("CL_SCALE_DOCTOR_TOKEN") or local_secret(state_dir, "CL_SCALE_DOCTOR_TOKEN")
     verdicts = asyncio.run(Doctor(url, clients=clients, idle_seconds=idle_seconds,
-                                  affinity_header=affinity_header).run(report=typer.echo))
+                                  affinity_header=affinity_header, token=token).run(report=typer.echo))
     if any(v.ok is False for v in verdicts):  # SKIP (cannot be exercised from here) is not a failure
         raise typer.Exit(1)

@@ -74,8 +74,9 @@ class Doctor:
     """Runs the checks in order; each returns one :class:`Check`."""
 
     def __init__(self, url: str, *, clients: int = 6, idle_seconds: float | None = None,
-                 affinity_header: str | None = None, timeout: float = 15.0):
+                 affinity_header: str | None = None, timeout: float = 15.0, token: str | None = None):
         self.url = url.rstrip("/")
+        self.token = token  # the instances' CL_SCALE_DOCTOR_TOKEN: the probes answer only to it
         self.idle_seconds = idle_seconds  # None: Engine.IO's ping interval + 5 s
         self.affinity_header = affinity_header
         self.timeout = timeout
@@ -140,22 +141,26 @@ class Doctor:
     @staticmethod
     def _endpoint_missing(status: int) -> None:
         if status == 404:
-            raise RuntimeError("the instances do not serve /cl-scale/doctor/ (not `cl-scale run`, or "
-                               "CL_SCALE_DOCTOR=0)")
+            raise RuntimeError("the instances do not serve /cl-scale/doctor/ (not `cl-scale run`, no "
+                               "CL_SCALE_DOCTOR_TOKEN set on them, or CL_SCALE_DOCTOR=0)")
+        if status == 401:
+            raise RuntimeError("the instances refused the doctor token: pass --token (their CL_SCALE_DOCTOR_TOKEN)")
 
     async def _probe(self, source, session_id: str) -> tuple[dict, str]:
         """Ask whichever instance the balancer picks for ``source`` to emit into ``session_id``
         and to say where that session lives (``owner`` is None while Redis does not know it)."""
         nonce = secrets.token_hex(8)
         params = {"session_id": session_id}
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with self._http(source) as http:
-            async with http.get(f"{self.url}/cl-scale/doctor/session", params=params) as r:
-                if r.status == 404 and "unknown session" not in await r.text():
-                    self._endpoint_missing(404)
+            async with http.get(f"{self.url}/cl-scale/doctor/session", params=params, headers=auth) as r:
+                if r.status == 401 or (r.status == 404 and "unknown session" not in await r.text()):
+                    self._endpoint_missing(r.status)
                 info = await r.json() if r.status in (200, 404) else {}
                 if r.status not in (200, 404):
                     r.raise_for_status()
-            async with http.post(f"{self.url}/cl-scale/doctor/emit", params={**params, "nonce": nonce}) as r:
+            async with http.post(f"{self.url}/cl-scale/doctor/emit", params={**params, "nonce": nonce},
+                                 headers=auth) as r:
                 self._endpoint_missing(r.status)
                 r.raise_for_status()
                 sent = await r.json()
@@ -163,7 +168,7 @@ class Doctor:
         self.where.setdefault(source, me)
         owner = info.get("owner")
         answer = {"instance": me, "owner": owner, "known": r.status == 202 and owner is not None,
-                  "thread_id": info.get("thread_id"), "local": owner in (None, me)}
+                  "thread": info.get("thread"), "local": owner in (None, me)}
         return answer, nonce
 
     @staticmethod
@@ -252,7 +257,7 @@ class Doctor:
             after = await self._until_known(source, second, owner_not=before["owner"] if others else None)
         finally:
             await self._close(second)
-        if after["thread_id"] != before["thread_id"]:
+        if after["thread"] != before["thread"]:
             return Check(name, False, f"after a reconnect to {after['owner']} the session got a new thread "
                                       "(it was recreated, not restored)")
         moved = f"moved {before['owner']} -> {after['owner']}" if after["owner"] != before["owner"] else \

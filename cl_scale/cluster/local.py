@@ -109,7 +109,8 @@ class LocalCluster:
             progress("preparing the app directory")
             _init_chainlit_files(app_dir)
             secret = secrets.token_urlsafe(32)  # CHAINLIT_AUTH_SECRET shared by the instances, never printed
-            env = {"CHAINLIT_AUTH_SECRET": secret, "CL_SCALE_DRAIN_SECONDS": str(self.spec.drain_seconds)}
+            local = write_local_secrets(self.state_dir, {"CL_SCALE_DOCTOR_TOKEN": secrets.token_urlsafe(24)})
+            env = {"CHAINLIT_AUTH_SECRET": secret, "CL_SCALE_DRAIN_SECONDS": str(self.spec.drain_seconds), **local}
             for i in range(self.spec.replicas):
                 inst = Instance(app_dir, self.redis_url, f"inst{i + 1}", app=app_name, env=dict(env))
                 inst.log_dir = logs
@@ -180,6 +181,28 @@ def _init_chainlit_files(app_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", "import chainlit.config, chainlit.markdown as m; "
                     "m.init_markdown(chainlit.config.config.root)"],
                    cwd=app_dir, check=False, capture_output=True, timeout=120)
+
+
+# -- local secrets: what commands run next to the cluster (doctor, send) need ------------------------
+SECRETS_FILE = "secrets.env"
+
+
+def write_local_secrets(state_dir: Path, values: dict[str, str]) -> dict[str, str]:
+    """Secrets of the local cluster, readable by its owner only (``KEY=value`` lines)."""
+    path = Path(state_dir) / SECRETS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{k}={v}\n" for k, v in values.items()))
+    return dict(values)
+
+
+def local_secret(state_dir: Path, name: str) -> str | None:
+    path = Path(state_dir) / SECRETS_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.partition("=")[2] for line in lines if line.partition("=")[0] == name), None) or None
 
 
 # -- state file: status / down from any shell ------------------------------------------------------

@@ -37,15 +37,28 @@ class LineLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.filename = filename
         self.lines: dict[KeyPath, int] = {}
+        self._visited: set[int] = set()
 
     def record(self, node: yaml.Node, path: KeyPath) -> None:
+        # An aliased node is walked once, at its first path: re-walking every alias is exponential
+        # (a 1 KB "billion laughs" document took minutes and gigabytes).
+        if id(node) in self._visited:
+            return
+        self._visited.add(id(node))
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(_dotted(path[:3]) + "...", "(nested)", f"nested deeper than {MAX_DEPTH} levels",
+                              f"{self.filename}:{node.start_mark.line + 1}")
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
             for key_node, _ in node.value:  # duplicates among the keys written here
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
+                if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
+                    raise ConfigError(_dotted(path) if path else "(root)", _key_text(key_node),
+                                      "keys must be plain names (a null, number, list or mapping is not a key)",
+                                      f"{self.filename}:{key_node.start_mark.line + 1}")
                 key = self.construct_object(key_node, deep=True)
-                if isinstance(key, (str, int)) and key in seen:
+                if key in seen:
                     raise ConfigError(_dotted(path + (key,)), "(duplicate)", "duplicate key",
                                       f"{self.filename}:{key_node.start_mark.line + 1}")
                 seen.add(key)
@@ -61,12 +74,23 @@ class LineLoader(yaml.SafeLoader):
                 self.record(item, path + (i,))
 
 
+MAX_FILE_BYTES = 1024 * 1024  # a values file is a few KB; bound the parse (a 50 MB file took 153 s)
+MAX_DEPTH = 20  # the schema is 4 levels deep; deeper is a mistake (and a recursion hazard)
+MAX_SET_SEGMENTS = 20
+
+
+def _key_text(node: yaml.Node) -> str:
+    return node.value if isinstance(node, yaml.ScalarNode) else f"<{node.id}>"
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, str]]:
     """Parse one values file: ``(data, {key_path: "file:line"})``."""
     if not path.exists():
         raise UserError(f"{_show(path)}: values file not found")
     if not path.is_file():
         raise UserError(f"{_show(path)}: values file is not a regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"{_show(path)}: values file over {MAX_FILE_BYTES // 1024} KB")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -84,7 +108,12 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, str]]:
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{_show(path)}: YAML error: {' '.join(str(exc).split())}") from None
+        raise UserError(f"{_show(path)}: YAML error: {' '.join(str(exc).split())[:200]}") from None
+    except RecursionError:
+        raise UserError(f"{_show(path)}: YAML nested too deeply (the values schema is a few levels deep)") from None
+    except TypeError:  # a complex key (``? [a, b]``) cannot be a dict key
+        raise UserError(f"{_show(path)}: YAML keys must be plain names (found a list or mapping used as a key)") \
+            from None
     finally:
         loader.dispose()
     if data is None:
@@ -140,6 +169,8 @@ def parse_set_key(key: str, raw: str) -> KeyPath:
             cur += key[i]
         i += 1
     parts.append(cur)
+    if len(parts) > MAX_SET_SEGMENTS:
+        raise UserError(f"--set {_show(raw)[:60]!r}: key has {len(parts)} segments (max {MAX_SET_SEGMENTS})")
     path: list[str | int] = []
     for part in parts:
         m = _SEGMENT.match(part)

@@ -13,6 +13,8 @@ import hmac
 import json
 import logging
 
+import redis.exceptions
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cl_scale.worker import protocol as p
-from cl_scale.worker.publisher import BufferFull, OutboxFull, Publisher
+from cl_scale.worker.publisher import BufferFull, MessageTooLarge, OutboxFull, Publisher
 
 log = logging.getLogger("cl_scale.gateway")
 PREFIX = "/cl-scale/v1"
@@ -208,9 +210,15 @@ def _wrap(handler):
             return JSONResponse({"error": str(exc)}, status_code=429)
         except BufferFull as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        except ValueError as exc:  # MessageTooLarge, bad ids
-            status = 413 if exc.__class__.__name__ == "MessageTooLarge" else 422
-            return JSONResponse({"error": str(exc)}, status_code=status)
+        except MessageTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        except ValueError as exc:  # bad ids
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError):
+            return JSONResponse({"error": "Redis unreachable: retry later"}, status_code=503)
+        except Exception:  # never a plain-text 500 (nor a traceback) to a caller
+            log.exception("gateway: %s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": "internal error"}, status_code=500)
     return endpoint
 
 

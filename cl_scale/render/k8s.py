@@ -128,6 +128,7 @@ def _container_env(v: Values) -> list[dict[str, Any]]:
         _secret_env(v, "CHAINLIT_AUTH_SECRET", optional=False),
         _secret_env(v, "CL_SCALE_WORKER_KEYS", optional=True),
         _secret_env(v, "CL_SCALE_GATEWAY_TOKENS", optional=True),
+        _secret_env(v, "CL_SCALE_DOCTOR_TOKEN", optional=True),
     ]
 
 

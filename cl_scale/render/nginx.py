@@ -128,6 +128,10 @@ def render(values: Values, upstreams: list[str] | None = None, *, stdio_logs: bo
         host = f"[{listen_host}]" if ":" in listen_host else listen_host
         http, https = f"{host}:{http}", f"{host}:{https}"
     context["listen_http"], context["listen_https"] = http, https
+    # real_ip_header proxy_protocol only works on listeners that speak the PROXY protocol.
+    real_ip = values.nginx.realIp
+    context["listen_options"] = Raw(" proxy_protocol" if real_ip.enabled and real_ip.header == "proxy_protocol"
+                                    else "")
     try:
         out = {
             "nginx.conf": env.get_template("nginx.conf.j2").render(context),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -59,7 +61,7 @@ class InstanceApp:
                 self.instance.update_gauges()
                 self.instance.readiness()
                 return await _respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
-            if path.startswith(DOCTOR_PREFIX) and self.instance.settings.doctor:
+            if path.startswith(DOCTOR_PREFIX) and self.instance.settings.doctor and self.instance.settings.doctor_token:
                 return await self._doctor(scope, send)
             if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
                 return await self._maybe_forward(scope, receive, send)
@@ -79,8 +81,15 @@ class InstanceApp:
 
     async def _doctor(self, scope, send):
         """Probes for ``cl-scale doctor``, which only has the balancer's URL: emit a nonce into a
-        session through Redis, and read where a session lives. Nothing else is exposed."""
+        session through Redis, and read where a session lives. Served only to callers holding the
+        doctor token (``CL_SCALE_DOCTOR_TOKEN``); the thread id is shown only as a digest (doctor
+        compares it, nothing more)."""
         from cl_scale.runtime.api import emit_to_session
+
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        expected = b"Bearer " + self.instance.settings.doctor_token.encode()
+        if not hmac.compare_digest(given, expected):
+            return await _respond(send, 401, b'{"error":"doctor probes need the doctor token (Bearer)"}')
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         session_id, nonce = query.get("session_id", ""), query.get("nonce", "")
         me = self.instance.settings.instance_id
@@ -100,8 +109,9 @@ class InstanceApp:
                 return await _respond(send, 503, json.dumps({"from": me, "error": "redis unavailable"}).encode())
             if record is None:
                 return await _respond(send, 404, json.dumps({"from": me, "error": "unknown session"}).encode())
+            thread = str(record["snapshot"].get("thread_id") or "")
             body = {"from": me, "owner": record["owner"], "connected": record["connected"],
-                    "thread_id": record["snapshot"].get("thread_id")}
+                    "thread": hashlib.sha256(thread.encode()).hexdigest()[:16] if thread else None}
             return await _respond(send, 200, json.dumps(body).encode())
         return await _respond(send, 404, b'{"error":"not found"}')
 

@@ -69,8 +69,10 @@ class RuntimeSettings:
     #: Seconds a disconnected session stays restorable; None = Chainlit's own ``session_timeout``.
     session_timeout: int | None = None
     drain_seconds: int = 30
-    #: Serve the probes ``cl-scale doctor`` uses (/cl-scale/doctor/*); CL_SCALE_DOCTOR=0 turns them off.
+    #: Serve the probes ``cl-scale doctor`` uses (/cl-scale/doctor/*): only with a token
+    #: (``CL_SCALE_DOCTOR_TOKEN``, a secret), which callers send as a bearer; CL_SCALE_DOCTOR=0 turns them off.
     doctor: bool = True
+    doctor_token: str | None = field(default=None, repr=False)
     #: Per-Redis-command timeout: a stalled Redis must never stall a chat.
     redis_timeout: float = 2.0
     #: How often the listener proves itself alive (readiness) and registrations are refreshed.
@@ -109,6 +111,7 @@ class RuntimeSettings:
             session_timeout=_number("CL_SCALE_SESSION_TIMEOUT", _env("CL_SCALE_SESSION_TIMEOUT"), int, 1, 30 * DAY),
             drain_seconds=_number("CL_SCALE_DRAIN_SECONDS", _env("CL_SCALE_DRAIN_SECONDS", "30"), int, 0, 3600),
             doctor=_env("CL_SCALE_DOCTOR", "1").lower() not in ("0", "false", "no", "off"),
+            doctor_token=_env("CL_SCALE_DOCTOR_TOKEN"),
             prefix=_env("CL_SCALE_PREFIX", DEFAULT_PREFIX),
             advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
             files_dir=_env("CL_SCALE_FILES_DIR"),

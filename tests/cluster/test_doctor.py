@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import Nginx
+from tests.conftest import DOCTOR_TOKEN
+from tests.support.servers import Nginx, http_status
 
 CL_SCALE = str(Path(sys.executable).with_name("cl-scale"))
 pytestmark = pytest.mark.slow
 
 
 def doctor(url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CL_SCALE, "doctor", url, *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([CL_SCALE, "doctor", url, "--token", DOCTOR_TOKEN, *args], capture_output=True, text=True,
+                          timeout=180)
 
 
 def test_doctor_passes_on_a_good_cluster_with_the_real_ping_interval(cluster):
@@ -67,3 +69,40 @@ def test_doctor_fails_clearly_without_stickiness_and_with_short_timeouts(cluster
 def test_doctor_bad_url_is_one_line(tmp_path):
     result = doctor("ftp://nowhere")
     assert result.returncode == 2 and "ftp://nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_probes_and_metrics_are_not_public(cluster):
+    """Through the rendered nginx: /metrics is not served; the doctor probes answer only to the
+    doctor token and show no thread id (a digest only)."""
+    import json
+    import urllib.request
+
+    from cl_scale.client import ChainlitClient
+
+    cluster.start(2, nginx=True)
+    url = cluster.nginx.url
+    assert http_status(f"{url}/metrics") == 404
+    assert http_status(f"{cluster.instances[0].url}/metrics") == 200  # where Prometheus scrapes
+    client = ChainlitClient(url)
+    await client.connect()
+    try:
+        probe = f"{url}/cl-scale/doctor/session?session_id={client.session_id}"
+        assert http_status(probe) == 401
+        request = urllib.request.Request(probe, headers={"Authorization": "Bearer wrong"})
+        try:
+            urllib.request.urlopen(request, timeout=5)
+            raise AssertionError("a wrong doctor token was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        for _ in range(50):  # bounded: the session record is written just after the handshake
+            request = urllib.request.Request(probe, headers={"Authorization": f"Bearer {DOCTOR_TOKEN}"})
+            try:
+                body = json.loads(urllib.request.urlopen(request, timeout=5).read())
+                break
+            except urllib.error.HTTPError:
+                import time
+
+                time.sleep(0.1)
+        assert body["owner"] and "thread_id" not in body and len(body["thread"]) == 16
+    finally:
+        await client.close()

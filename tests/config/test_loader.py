@@ -185,3 +185,46 @@ def test_yaml_anchors_and_merge_keys(tmp_path):
     v = load_values([f], [])
     assert v.resources.limits == {"cpu": "500m", "memory": "2Gi"}
     assert v.app.port == 8100
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+app:
+  env:
+    BOMB: *i
+"""
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text, where, needle", [
+    (BILLION_LAUGHS, "bomb.yaml:12", "app.env.BOMB"),
+    ("replicas: 3\n" + "x:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(40)), "bomb.yaml:", "nested deeper"),
+    ("[" * 3000 + "]" * 3000 + "\n", "bomb.yaml", "nested too deeply"),
+    ("? [a, b]\n: 1\n", "bomb.yaml:1", "keys must be plain names"),
+    ("null: 3\n", "bomb.yaml:1", "keys must be plain names"),
+    ("app:\n  1: x\n", "bomb.yaml:2", "keys must be plain names"),
+])
+def test_hostile_yaml_is_refused_fast_with_file_line(tmp_path, text, where, needle):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_values([path], [])
+    message = str(exc.value)
+    assert where in message and needle in message and len(message) < 400, message
+
+
+def test_oversized_values_file_and_long_set_keys_are_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * 200_000)
+    with pytest.raises(UserError, match="over 1024 KB"):
+        load_values([path], [])
+    with pytest.raises(UserError, match="segments"):
+        load_values([], [".".join(["a"] * 1000) + "=1"])

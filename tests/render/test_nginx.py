@@ -121,6 +121,20 @@ def test_real_ip():
     assert not find(directives(), "set_real_ip_from")
 
 
+@pytest.mark.parametrize("tls", [False, True])
+def test_real_ip_proxy_protocol_listens_with_proxy_protocol(tmp_path, tls):
+    sets = ["nginx.realIp.enabled=true", "nginx.realIp.from[0]=10.0.0.0/8", "nginx.realIp.header=proxy_protocol",
+            f"nginx.tls.enabled={str(tls).lower()}"]
+    files = render(*sets)
+    ds = parse(files["conf.d/chainlit.conf"])
+    assert find(ds, "real_ip_header")[0].args == ("proxy_protocol",)
+    assert all("proxy_protocol" in d.args for d in find(ds, "listen")), find(ds, "listen")
+    if not tls:  # nginx -t needs the certificate files for TLS
+        result = nginx_test(write_tree(tmp_path, files))
+        assert result.returncode == 0, result.stderr
+    assert all("proxy_protocol" not in d.args for d in find(directives(), "listen"))
+
+
 def test_explicit_upstreams_and_listen_host():
     ds = directives(upstreams=["10.0.0.5:7001", "[::1]:7002", "app-3:8000"], listen_host="127.0.0.1")
     assert [d.args[0] for d in find(ds, "server", ("upstream",))] == ["10.0.0.5:7001", "[::1]:7002", "app-3:8000"]

@@ -106,6 +106,7 @@ def _metrics(url: str) -> str:
     None, "garbage", {"sessionId": 5, "clientType": "webapp"}, {"sessionId": "../../etc/passwd", "clientType": "webapp"},
     {"sessionId": "a" * 36, "clientType": "hacker"}, {"sessionId": "b" * 36, "clientType": "webapp", "userEnv": "{not json"},
     {"sessionId": "c" * 36, "clientType": "webapp", "threadId": {"$ne": 1}},
+    {"sessionId": "d" * 36 + "\n", "clientType": "webapp"},  # "$" used to accept a trailing newline
 ])
 async def test_garbage_handshakes_are_refused_and_instance_keeps_serving(cluster, auth):
     (a,) = cluster.start(1).instances
