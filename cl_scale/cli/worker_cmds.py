@@ -264,3 +264,20 @@ def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", hel
         raise UserError(f"port={port}: must be between 1 and 65535")
     uvicorn.run(build_app(Gateway(url, tokens=tokens, worker_keys=keys, key_id=key_id, prefix=prefix)),
                 host=host, port=port, log_level="warning")
+
+
+@app.command("redis-acl", help=(
+    "Print the Redis ACL rules of a cl-scale role, for `ACL SETUSER <user> on >PASSWORD <rules>`.\n\n"
+    "worker: append to outboxes and wake owners, nothing else (no Socket.IO channels, no chat "
+    "contexts, no deletes); instance: every cl-scale key and channel, no admin commands. "
+    "See docs/security.md.\n\n"
+    "Examples:\n\n"
+    "  cl-scale redis-acl worker\n\n"
+    "  redis-cli ACL SETUSER clscale-worker on '>pw' $(cl-scale redis-acl worker --prefix myapp)"))
+def redis_acl_cmd(role: str = typer.Argument(..., metavar="ROLE", help="worker | instance"),
+                  prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP)) -> None:
+    from cl_scale.keyspace import acl_rules
+
+    if role not in ("worker", "instance"):
+        raise UserError(f"ROLE={role[:40]!r}: must be worker or instance")
+    typer.echo(" ".join(acl_rules(_prefix(prefix), role)))
