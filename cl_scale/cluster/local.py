@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cl_scale.cluster.procs import Instance, Nginx, RedisServer, http_status, nginx_binary
 from cl_scale.errors import UserError
-from cl_scale.redis_url import redacted
+from cl_scale.wire.redis_url import redacted
 
 STATE_FILE = "cluster.json"
 

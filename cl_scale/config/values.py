@@ -297,7 +297,7 @@ class Redis(_Model):
 
 
 def _check_redis_url(url: str) -> None:
-    from cl_scale.redis_url import check, redacted
+    from cl_scale.wire.redis_url import check, redacted
 
     try:
         check(url, allow_password=False)

@@ -10,7 +10,6 @@ checked here; messages are signed with a worker key the instances accept. Errors
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 import redis.exceptions
@@ -21,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cl_scale.worker import protocol as p
+from cl_scale.contract import DEFAULT_PREFIX
+from cl_scale.wire import messages as p
 from cl_scale.worker.publisher import BufferFull, MessageTooLarge, OutboxFull, Publisher
 
 log = logging.getLogger("cl_scale.gateway")
@@ -67,13 +67,17 @@ class ApiError(Exception):
 
 
 class Gateway:
-    def __init__(self, redis_url: str, *, tokens: str | None, worker_keys: str | None, key_id: str | None = None,
-                 prefix: str = "clscale", max_bytes: int = p.MAX_BYTES, outbox_max: int = 1000,
+    """Requests in, signed entries out (through the SDK's ``Publisher``).
+
+    :param tokens: accepted bearer tokens (``CL_SCALE_GATEWAY_TOKENS``, parsed).
+    :param key: the worker key entries are signed with (None: every request answers 503).
+    """
+
+    def __init__(self, redis_url: str, *, tokens: dict[str, p.WorkerKey], key: p.WorkerKey | None,
+                 prefix: str = DEFAULT_PREFIX, max_bytes: int = p.MAX_BYTES, outbox_max: int = 1000,
                  outbox_ttl: float = 3600):
         self.redis_url, self.prefix, self.max_bytes = redis_url, prefix, max_bytes
-        self.tokens = p.parse_keys(tokens, "CL_SCALE_GATEWAY_TOKENS")
-        keys = p.parse_keys(worker_keys)
-        self.key = keys.get(key_id) if key_id else next(iter(keys.values()), None)
+        self.tokens, self.key = tokens, key
         self.outbox_max, self.outbox_ttl = outbox_max, outbox_ttl
         self._pub: Publisher | None = None
 
@@ -104,30 +108,21 @@ class Gateway:
 
     async def body(self, request: Request, model: type[BaseModel]):
         declared = request.headers.get("content-length")
-        limit = self.max_bytes + 4096
+        limit = self.max_bytes + p.FRAMING_BYTES
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body over {limit} bytes")
-        raw = b""
+        chunks, size = [], 0
         async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 raise ApiError(413, f"request body over {limit} bytes")
+        raw = b"".join(chunks)
         try:
             return model.model_validate_json(raw or b"null")
         except ValidationError as exc:
             raise ApiError(422, "invalid request body",
                            [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]) from None
-
-    async def stored_session(self, session_id: str) -> tuple[str | None, str | None] | None:
-        """(user identifier, thread id) as Redis holds them for the session; None if unknown."""
-        raw = await self.pub.redis.hget(f"{self.prefix}:session:{{{session_id}}}", "data")
-        if not raw:
-            return None
-        try:
-            snap = json.loads(raw) or {}
-        except ValueError:
-            return None
-        return ((snap.get("user") or {}).get("identifier"), snap.get("thread_id"))
 
     async def check_scope(self, token: p.WorkerKey, target: p.Target) -> None:
         """A scoped token reaches a session whose *stored* id, user or thread it names, a user it
@@ -135,8 +130,7 @@ class Gateway:
         if not token.scoped:
             return
         if target.session:
-            stored = await self.stored_session(target.session)
-            user, thread = stored if stored else (None, None)
+            _, user, thread = await self.pub.session_identity(target.session)
             allowed = token.allows(target.session, user, thread)
         elif target.user:
             allowed = target.user in token.users
@@ -167,15 +161,8 @@ class Gateway:
         sid = request.path_params["ident"]
         await self.check_scope(token, p.Target(session=sid))
         req = await self.body(request, StreamIn)
-        mid = req.id or p.new_id()
-        pub = self.pub
-        bodies = [pub._body(sid, "token", f"{mid}:{req.offset + i + 1}", mid, tok, req.author)
-                  for i, tok in enumerate(req.tokens) if tok]
-        if req.end:
-            full = req.text if req.text is not None else "".join(req.tokens)
-            bodies.append(pub._body(sid, "stream_end", f"{mid}:end", mid, full, req.author))
-        if bodies:
-            await pub._publish(*bodies)
+        mid = await self.pub.stream_part(sid, req.id or p.new_id(), req.tokens, offset=req.offset, end=req.end,
+                                         text=req.text, author=req.author)
         return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
 
     async def patch_message(self, request: Request):
@@ -296,6 +283,21 @@ def openapi_spec() -> dict:
 
 
 def from_settings(settings) -> Starlette:
-    return build_app(Gateway(settings.redis_url, tokens=settings.gateway_tokens, worker_keys=settings.worker_keys,
-                             prefix=settings.prefix, max_bytes=settings.worker_max_bytes,
-                             outbox_max=settings.worker_outbox_max, outbox_ttl=settings.worker_outbox_ttl))
+    """The gateway an instance mounts under ``/cl-scale/v1`` (``RuntimeSettings``): it signs with the
+    first of the instance's own ``CL_SCALE_WORKER_KEYS``."""
+    keys = p.parse_keys(settings.worker_keys)
+    return build_app(Gateway(settings.redis_url, tokens=p.parse_keys(settings.gateway_tokens, "CL_SCALE_GATEWAY_TOKENS"),
+                             key=next(iter(keys.values()), None), prefix=settings.prefix,
+                             max_bytes=settings.worker_max_bytes, outbox_max=settings.worker_outbox_max,
+                             outbox_ttl=settings.worker_outbox_ttl))
+
+
+def from_worker_settings(settings) -> Starlette:
+    """The standalone gateway (``WorkerSettings``): refuses to start without tokens or a key."""
+    from cl_scale.errors import UserError
+
+    tokens = p.parse_keys(settings.gateway_tokens, "CL_SCALE_GATEWAY_TOKENS")
+    if not tokens:
+        raise UserError("CL_SCALE_GATEWAY_TOKENS: no tokens set: every request would be refused")
+    return build_app(Gateway(settings.redis_url, tokens=tokens, key=settings.signing_key(), prefix=settings.prefix,
+                             outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl))

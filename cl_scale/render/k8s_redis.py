@@ -25,7 +25,7 @@ from cl_scale.render.k8s_common import (
 # Values arrive as positional parameters ("$1".."$3", then the worker ACL rules), so no value is
 # ever part of the script text. An empty password would silently mean "no auth": refuse to start.
 # With REDIS_WORKER_PASSWORD set, a least-privilege ``clscale-worker`` user is created (rules:
-# ``cl_scale.keyspace.acl_rules``): workers reach chats through outboxes but cannot publish
+# ``cl_scale.wire.keyspace.Keyspace.acl_rules``): workers reach chats through outboxes but cannot publish
 # on the Socket.IO channels, read chat contexts or delete anything.
 START_SCRIPT = (
     'if [ -z "$REDIS_PASSWORD" ]; then '
@@ -42,7 +42,7 @@ _PING = 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$1" ping | grep -q PONG'
 
 def start_args(maxmemory: str, port: int, data_dir: str, prefix: str) -> list[str]:
     """``sh -c START_SCRIPT`` argv: the script, ``$0``, then its positional parameters."""
-    from cl_scale.keyspace import acl_rules
+    from cl_scale.wire.keyspace import acl_rules
 
     return ["sh", "-c", START_SCRIPT, "redis", maxmemory, str(port), data_dir, *acl_rules(prefix, "worker")]
 

@@ -9,27 +9,38 @@ worker SDK (``cl_scale.worker``).
 
 from __future__ import annotations
 
-import json
+import uuid
 
+from cl_scale.contract import DEFAULT_PREFIX
 from cl_scale.runtime.manager import LocalFirstRedisManager
+from cl_scale.wire.keyspace import Keyspace, room_name
+
+_RESTORE_CALLBACKS: list = []
+_server = None  # Chainlit's socketio.AsyncServer, bound by the launcher (``bind``)
+
+
+def bind(sio) -> None:
+    """Called once by ``cl-scale run`` with the server the emit functions use."""
+    global _server
+    _server = sio
 
 
 def _sio():
-    from cl_scale.runtime.instance import current
-
-    return current().sio
+    if _server is None:
+        raise RuntimeError("cl-scale runtime is not running in this process (start the app with `cl-scale run`)")
+    return _server
 
 
 async def emit_to_session(session_id: str, event: str, data) -> None:
-    await _sio().emit(event, data, room=f"session:{session_id}")
+    await _sio().emit(event, data, room=room_name("session", session_id))
 
 
 async def emit_to_user(identifier: str, event: str, data) -> None:
-    await _sio().emit(event, data, room=f"user:{identifier}")
+    await _sio().emit(event, data, room=room_name("user", identifier))
 
 
 async def emit_to_thread(thread_id: str, event: str, data) -> None:
-    await _sio().emit(event, data, room=f"thread:{thread_id}")
+    await _sio().emit(event, data, room=room_name("thread", thread_id))
 
 
 def on_session_restore(func):
@@ -41,43 +52,34 @@ def on_session_restore(func):
         async def rebuild():
             cl.user_session.set("agent", make_agent(cl.user_session.get("agent_config")))
     """
-    from cl_scale.runtime import instance
-
     _RESTORE_CALLBACKS.append(func)
-    if instance._current is not None:
-        instance._current.hooks.restore_callbacks = _RESTORE_CALLBACKS
     return func
 
 
-_RESTORE_CALLBACKS: list = []
+def restore_callbacks() -> list:
+    """The registry the instance's hooks read (the app module registers before the instance exists)."""
+    return _RESTORE_CALLBACKS
 
 
 class RedisEmitter:
-    """Emit Socket.IO events to cl-scale rooms from a process that is not an instance."""
+    """Emit Socket.IO events to cl-scale rooms from a process that is not an instance: a write-only
+    local-first manager (python-socketio builds the message; it is routed to the room's holders)."""
 
-    def __init__(self, redis_url: str, *, prefix: str = "clscale", timeout: float = 2.0):
-        from cl_scale.runtime.redis_conn import connect
-
-        self.redis = connect(redis_url, timeout=timeout)
-        self.prefix = prefix
+    def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 2.0):
+        self._manager = LocalFirstRedisManager(redis_url, keyspace=Keyspace(prefix),
+                                               instance_id=f"emitter-{uuid.uuid4().hex[:12]}",
+                                               redis_timeout=timeout, write_only=True)
 
     async def emit(self, room: str, event: str, data, namespace: str = "/") -> int:
         """Returns the number of instances the event was published to."""
-        holders = await self.redis.smembers(f"{self.prefix}:room:{namespace}:{room}")
-        message = json.dumps({"method": "emit", "event": event, "data": [data], "binary": False,
-                              "namespace": namespace, "room": room, "skip_sid": None, "callback": None,
-                              "host_id": "external"})
-        reached = 0
-        for holder in holders:
-            channel = LocalFirstRedisManager.instance_channel(self.prefix, holder.decode())
-            reached += 1 if await self.redis.publish(channel, message) else 0
-        return reached
+        await self._manager.emit(event, data, namespace=namespace, room=room)
+        return self._manager.last_reached
 
     async def emit_to_session(self, session_id: str, event: str, data) -> int:
-        return await self.emit(f"session:{session_id}", event, data)
+        return await self.emit(room_name("session", session_id), event, data)
 
     async def emit_to_user(self, identifier: str, event: str, data) -> int:
-        return await self.emit(f"user:{identifier}", event, data)
+        return await self.emit(room_name("user", identifier), event, data)
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        await self._manager.redis.aclose()

@@ -20,7 +20,8 @@ import time
 from socketio import AsyncManager, AsyncRedisManager
 
 from cl_scale.runtime import metrics
-from cl_scale.runtime.redis_conn import connect
+from cl_scale.wire.connect import connect
+from cl_scale.wire.keyspace import Keyspace
 
 log = logging.getLogger("cl_scale.manager")
 
@@ -33,14 +34,22 @@ ROOM_REFRESH_EVERY = ROOM_TTL / 3
 
 
 class LocalFirstRedisManager(AsyncRedisManager):
+    """python-socketio's Redis manager, local first and routed by room holders.
+
+    :param url: Redis URL (any form ``wire.connect`` accepts).
+    :param keyspace: key and channel names.
+    :param instance_id: this instance's name (its channel, its entry in room registries).
+    :param write_only: emit only (``RedisEmitter``): no listener, no registrations.
+    """
+
     name = "cl-scale"
 
-    def __init__(self, url: str, *, instance_id: str, prefix: str = "clscale",
-                 redis_timeout: float = 2.0, heartbeat_seconds: float = 1.0):
-        self.prefix = prefix
-        super().__init__(url=url, channel=self.instance_channel(prefix, instance_id))
-        self.host_id = instance_id  # callbacks return to ``instance_channel(host_id)``
-        self.broadcast_channel = f"{prefix}:sio:all"
+    def __init__(self, url: str, *, keyspace: Keyspace, instance_id: str, redis_timeout: float = 2.0,
+                 heartbeat_seconds: float = 1.0, write_only: bool = False):
+        self.ks = keyspace
+        super().__init__(url=url, channel=keyspace.sio_channel(instance_id), write_only=write_only)
+        self.host_id = instance_id  # callbacks return to ``sio_channel(host_id)``
+        self.broadcast_channel = keyspace.sio_broadcast
         self.redis_timeout = redis_timeout
         self.heartbeat_seconds = heartbeat_seconds
         self.redis = connect(url, timeout=redis_timeout)
@@ -49,14 +58,10 @@ class LocalFirstRedisManager(AsyncRedisManager):
         self.redis_ok = False
         self._registered: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
-
-    # -- naming ---------------------------------------------------------------------------
-    @staticmethod
-    def instance_channel(prefix: str, instance_id: str) -> str:
-        return f"{prefix}:sio:inst:{instance_id}"
+        self.last_reached = 0  # instances the last cross-instance emit was published to
 
     def room_key(self, namespace: str, room: str) -> str:
-        return f"{self.prefix}:room:{namespace}:{room}"
+        return self.ks.room(namespace, room)
 
     # -- lifecycle ------------------------------------------------------------------------
     def initialize(self):
@@ -96,7 +101,7 @@ class LocalFirstRedisManager(AsyncRedisManager):
         """Route one pub/sub message: callbacks to their origin, emits to the room's holders."""
         method = data.get("method")
         if method == "callback":
-            return await self._publish_to([self.instance_channel(self.prefix, data["host_id"])], data)
+            return await self._publish_to([self.ks.sio_channel(data["host_id"])], data)
         room = data.get("room") if method in ("emit", "close_room") else data.get("sid")
         if room is None or not isinstance(room, str):
             return await self._publish_to([self.broadcast_channel], data)
@@ -109,10 +114,12 @@ class LocalFirstRedisManager(AsyncRedisManager):
             log.warning("room lookup failed for %s: %s", room, exc)
             return
         targets = [h.decode() for h in holders if h.decode() != self.host_id]
+        self.last_reached = 0
         if not targets:
             return
         metrics.EMITS.labels("remote").inc(len(targets))
-        delivered = await self._publish_to([self.instance_channel(self.prefix, t) for t in targets], data)
+        delivered = await self._publish_to([self.ks.sio_channel(t) for t in targets], data)
+        self.last_reached = sum(1 for n in delivered or [] if n)
         stale = [t for t, n in zip(targets, delivered or []) if n == 0]
         if stale:  # nobody listens on those channels any more: the instance is gone
             try:
@@ -245,6 +252,9 @@ class LocalFirstRedisManager(AsyncRedisManager):
                     pipe.sadd(self.room_key(namespace, room), self.host_id)
                     pipe.expire(self.room_key(namespace, room), ROOM_TTL)
                 await pipe.execute()
+
+    def tracked(self) -> dict[str, int]:
+        return {"rooms_registered": len(self._registered)}
 
     def listener_alive(self) -> bool:
         return self.redis_ok and time.monotonic() - self.listener_alive_at < max(5.0, 3 * self.heartbeat_seconds)

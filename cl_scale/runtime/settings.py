@@ -9,7 +9,6 @@ one :class:`ConfigError` line naming the variable — never its secret.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
@@ -18,36 +17,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cl_scale.contract import DEFAULT_PREFIX, REDIS_SCHEMES
+from cl_scale.envvars import DAY, env as _env, number as _number
+from cl_scale.wire.keyspace import SAFE_PREFIX
 from cl_scale.errors import ConfigError
-from cl_scale.redis_url import check as check_redis_url
-from cl_scale.redis_url import redacted, with_password  # noqa: F401 (re-exported)
+from cl_scale.wire.redis_url import check as check_redis_url
+from cl_scale.wire.redis_url import redacted, with_password
 
-SUPPORTED_SCHEMES = REDIS_SCHEMES  # kept for importers
-#: Instance ids and the key prefix end up in Redis keys, channel names and every log line.
+#: Instance ids end up in Redis keys, channel names and every log line.
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SAFE_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
-DAY = 86400
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
-def _number(name: str, text: str | None, kind: type, lo: float, hi: float):
-    """``text`` (from the environment) as an int/float in [lo, hi]; nan and inf are refused."""
-    if text is None:
-        return None
-    try:
-        value = kind(text.strip())
-    except ValueError:
-        raise ConfigError(name, text, f"must be {'a whole number' if kind is int else 'a number'}") from None
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(name, text, "must be a finite number")
-    if not lo <= value <= hi:
-        raise ConfigError(name, text, f"must be between {lo:g} and {hi:g}")
-    return value
 
 
 def _default_instance_id() -> str:
@@ -162,7 +140,7 @@ class RuntimeSettings:
                                   "must be an http:// or https:// URL peers can reach this instance at")
         if self.session_timeout is not None and not 1 <= self.session_timeout <= 30 * DAY:
             raise ConfigError("CL_SCALE_SESSION_TIMEOUT", self.session_timeout, "must be a positive number of seconds")
-        from cl_scale.worker.protocol import parse_keys
+        from cl_scale.wire.messages import parse_keys
 
         parse_keys(self.worker_keys, "CL_SCALE_WORKER_KEYS")
         parse_keys(self.gateway_tokens, "CL_SCALE_GATEWAY_TOKENS")

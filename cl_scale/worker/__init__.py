@@ -6,9 +6,9 @@
         async with pub.stream(session_id, author="Agent") as s:
             await s.token("hel"); await s.token("lo")
 
-No Chainlit import here: workers stay small.
+No Chainlit import here, and nothing from the server side (``runtime``): workers stay small.
 """
 
-from cl_scale.worker.protocol import WorkerKey, parse_keys  # noqa: F401
+from cl_scale.wire.messages import WorkerKey, parse_keys  # noqa: F401
 from cl_scale.worker.publisher import (  # noqa: F401
     BufferFull, DeliveryError, MessageTooLarge, OutboxFull, Publisher, Stream, SyncPublisher)

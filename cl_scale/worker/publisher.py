@@ -1,23 +1,28 @@
 """The worker SDK: put messages into users' chats from any process, without Chainlit.
 
-``Publisher`` appends signed entries to the target session's Redis stream (its outbox); the instance
-that owns the session delivers them through Chainlit's ``Message.send()``. While Redis is unreachable,
-accepted messages wait in a bounded in-process buffer and are retried in order with backoff;
-``BufferFull`` is raised, never a silent drop.
+``Publisher`` appends signed entries to the target session's outbox (``wire.scripts.OUTBOX_APPEND``);
+the instance that owns the session delivers them through Chainlit's ``Message.send()``. While Redis
+is unreachable, accepted messages wait in a bounded in-process buffer and are retried in order with
+backoff; ``BufferFull`` is raised, never a silent drop. Gateways (HTTP, and later gRPC and broker
+bridges) publish through the same public methods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 import time
 
 import redis.exceptions
 
-from cl_scale.worker import protocol as p
+from cl_scale.contract import DEFAULT_PREFIX
+from cl_scale.wire import dead_letters, scripts
+from cl_scale.wire import messages as m
+from cl_scale.wire.connect import connect
+from cl_scale.wire.keyspace import Keyspace
+from cl_scale.wire.records import read_identity
 
 log = logging.getLogger("cl_scale.worker")
 
@@ -41,24 +46,30 @@ class OutboxFull(DeliveryError):
 
 
 class Publisher:
-    """Async SDK. ``max_buffer`` bounds messages held in memory while Redis is down."""
+    """Async SDK.
 
-    def __init__(self, redis_url: str, key_id: str, key: str | bytes, *, prefix: str = "clscale",
+    :param redis_url: the instances' Redis (a least-privilege ``clscale-worker`` user is enough).
+    :param key_id: id of the signing key, as listed in the instances' ``CL_SCALE_WORKER_KEYS``.
+    :param key: its secret.
+    :param max_buffer: messages held in memory while Redis is down (then ``BufferFull``).
+    :param outbox_max: a session's outbox bound (then the message is dead-lettered, ``OutboxFull``).
+    """
+
+    def __init__(self, redis_url: str, key_id: str, key: str | bytes, *, prefix: str = DEFAULT_PREFIX,
                  author: str = "Worker", max_buffer: int = 10_000, outbox_max: int = 1000,
-                 outbox_ttl: float = 3600, max_bytes: int = p.MAX_BYTES, timeout: float = 2.0):
-        from cl_scale.runtime.redis_conn import connect
-
+                 outbox_ttl: float = 3600, max_bytes: int = m.MAX_BYTES, timeout: float = 2.0):
         self.redis = connect(redis_url, timeout=timeout)
-        self.kid, self._secret = key_id, p.to_bytes(key)
-        self.prefix, self.author = prefix, author
+        self.keys = Keyspace(prefix)
+        self.kid, self._secret = key_id, m.to_bytes(key)
+        self.author = author
         self.max_buffer, self.outbox_max, self.outbox_ttl, self.max_bytes = max_buffer, outbox_max, outbox_ttl, max_bytes
-        self._script = self.redis.register_script(p.OUTBOX_APPEND)
+        self._script = self.redis.register_script(scripts.OUTBOX_APPEND)
         self._buffer: collections.deque[tuple] = collections.deque()
         self._flusher: asyncio.Task | None = None
         self.last_error: Exception | None = None
 
     def __repr__(self) -> str:
-        return f"Publisher(kid={self.kid!r}, prefix={self.prefix!r})"
+        return f"Publisher(kid={self.kid!r}, prefix={self.keys.prefix!r})"
 
     async def __aenter__(self) -> "Publisher":
         return self
@@ -69,12 +80,12 @@ class Publisher:
     # -- public API -------------------------------------------------------------------------------
     async def send(self, session_id: str, text: str, message_id: str | None = None, author: str | None = None,
                    elements: list[dict] | None = None) -> str:
-        mid = message_id or p.new_id()
+        mid = message_id or m.new_id()
         await self._publish(self._body(session_id, "message", mid, mid, text, author, elements))
         return mid
 
     async def update(self, session_id: str, message_id: str, text: str, author: str | None = None) -> str:
-        await self._publish(self._body(session_id, "update", f"{message_id}:u:{p.new_id()}", message_id, text, author))
+        await self._publish(self._body(session_id, "update", f"{message_id}:u:{m.new_id()}", message_id, text, author))
         return message_id
 
     async def remove(self, session_id: str, message_id: str) -> str:
@@ -85,7 +96,7 @@ class Publisher:
         """Batch: ``[{"session_id", "text", "message_id"?, "author"?, "elements"?}]`` in one pipeline."""
         bodies, mids = [], []
         for item in items:
-            mid = item.get("message_id") or p.new_id()
+            mid = item.get("message_id") or m.new_id()
             mids.append(mid)
             bodies.append(self._body(item["session_id"], "message", mid, mid, item["text"], item.get("author"),
                                      item.get("elements")))
@@ -94,16 +105,34 @@ class Publisher:
 
     async def send_to_user(self, identifier: str, text: str, message_id: str | None = None,
                            author: str | None = None, elements: list[dict] | None = None) -> str:
-        return await self._fan_out(p.Target(user=identifier), f"{self.prefix}:wk:user:{identifier}", text,
+        return await self._fan_out(m.Target(user=identifier), self.keys.user_sessions(identifier), text,
                                    message_id, author, elements)
 
     async def send_to_thread(self, thread_id: str, text: str, message_id: str | None = None,
                              author: str | None = None, elements: list[dict] | None = None) -> str:
-        return await self._fan_out(p.Target(thread=thread_id), f"{self.prefix}:wk:thread:{thread_id}", text,
+        return await self._fan_out(m.Target(thread=thread_id), self.keys.thread_sessions(thread_id), text,
                                    message_id, author, elements)
 
     def stream(self, session_id: str, author: str | None = None, message_id: str | None = None) -> "Stream":
-        return Stream(self, session_id, author, message_id or p.new_id())
+        return Stream(self, session_id, author, message_id or m.new_id())
+
+    async def stream_part(self, session_id: str, message_id: str, tokens: list[str], *, offset: int = 0,
+                            end: bool = False, text: str | None = None, author: str | None = None) -> str:
+        """Part of one streamed message, in one round trip: ``tokens`` are tokens ``offset+1``… of
+        message ``message_id``; with ``end``, the message is finished with ``text`` (default: these
+        tokens joined). Several calls may extend one stream (the gateway's ``offset``)."""
+        bodies = [self._body(session_id, "token", f"{message_id}:{offset + i + 1}", message_id, tok, author)
+                  for i, tok in enumerate(tokens) if tok]
+        if end:
+            full = text if text is not None else "".join(tokens)
+            bodies.append(self._body(session_id, "stream_end", f"{message_id}:end", message_id, full, author))
+        if bodies:
+            await self._publish(*bodies)
+        return message_id
+
+    async def session_identity(self, session_id: str) -> tuple[bool, str | None, str | None]:
+        """(exists, user, thread) as Redis holds them for the session (scope checks, CLI checks)."""
+        return await read_identity(self.redis, self.keys.session(session_id))
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every buffered message reached Redis (raises DeliveryError on timeout)."""
@@ -113,7 +142,7 @@ class Publisher:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
             if time.monotonic() > deadline:
                 raise DeliveryError(f"{len(self._buffer)} messages still buffered after {timeout}s: "
-                                    f"Redis unreachable ({self.last_error})")
+                                    f"Redis unreachable ({self.last_error.__class__.__name__})")
             await asyncio.sleep(0.05)
 
     @property
@@ -130,25 +159,25 @@ class Publisher:
 
     # -- internals ----------------------------------------------------------------------------------
     def _body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
-              elements: list[dict] | None = None, target: p.Target | None = None) -> p.Body:
+              elements: list[dict] | None = None, target: m.Target | None = None) -> m.Body:
         if not isinstance(session_id, str) or not session_id:
             raise ValueError("session_id must be a non-empty string")
         if not isinstance(text, str):
             raise ValueError("text must be a string")
         if len(text.encode()) > self.max_bytes:
             raise MessageTooLarge(f"message {mid}: {len(text.encode())} bytes (max {self.max_bytes})")
-        return p.Body(eid=eid, mid=mid, kind=kind, session=session_id, target=target or p.Target(session=session_id),
+        return m.Body(eid=eid, mid=mid, kind=kind, session=session_id, target=target or m.Target(session=session_id),
                       ts=time.time(), author=author or self.author, content=text,
-                      elements=[p.Element(**e) for e in elements or []])
+                      elements=[m.Element(**e) for e in elements or []])
 
-    def _args(self, body: p.Body) -> tuple[list, list]:
-        raw = p.canonical(body)
-        if len(raw) > self.max_bytes + 4096:
+    def _args(self, body: m.Body) -> tuple[list, list]:
+        raw = m.canonical(body)
+        if len(raw) > self.max_bytes + m.FRAMING_BYTES:
             raise MessageTooLarge(f"message {body.mid}: {len(raw)} bytes with elements (max {self.max_bytes})")
-        return p.outbox_append_call(self.prefix, body.session, body.eid, self.kid, raw, p.sign(self._secret, raw),
-                                    outbox_max=self.outbox_max, ttl=self.outbox_ttl)
+        return scripts.outbox_append(self.keys, body.session, body.eid, self.kid, raw, m.sign(self._secret, raw),
+                                     outbox_max=self.outbox_max, ttl=self.outbox_ttl)
 
-    async def _publish(self, *bodies: p.Body) -> None:
+    async def _publish(self, *bodies: m.Body) -> None:
         prepared = [self._args(b) for b in bodies]  # validation errors before anything is sent
         if self._buffer:
             return self._enqueue(prepared)
@@ -177,8 +206,8 @@ class Publisher:
 
     def _enqueue(self, prepared) -> None:
         if len(self._buffer) + len(prepared) > self.max_buffer:
-            raise BufferFull(f"Redis unreachable ({self.last_error}) and the retry buffer is full "
-                             f"({len(self._buffer)}/{self.max_buffer} messages): message not accepted")
+            raise BufferFull(f"Redis unreachable ({self.last_error.__class__.__name__}) and the retry buffer is "
+                             f"full ({len(self._buffer)}/{self.max_buffer} messages): message not accepted")
         self._buffer.extend(prepared)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -202,24 +231,24 @@ class Publisher:
             if full:
                 log.warning("%d buffered messages hit a full outbox: dead-lettered", full)
 
-    async def _fan_out(self, target: p.Target, index: str, text, message_id, author, elements) -> str:
+    async def _fan_out(self, target: m.Target, index: str, text, message_id, author, elements) -> str:
         """One entry per live session of the user/thread. Reads only: the index is kept by the
         instances (and expires), so a worker needs no write access to it."""
-        mid = message_id or p.new_id()
-        members = [m.decode() for m in await self.redis.smembers(index)]
+        mid = message_id or m.new_id()
+        members = [x.decode() for x in await self.redis.smembers(index)]
         live = []
         if members:
             pipe = self.redis.pipeline(transaction=False)
             for sid in members:
-                pipe.exists(f"{self.prefix}:session:{{{sid}}}")
+                pipe.exists(self.keys.session(sid))
             live = [sid for sid, ok in zip(members, await pipe.execute()) if ok]
         if not live:
             body = self._body(target.user or target.thread or "?", "message", mid, mid, text, author, elements, target)
-            raw = p.canonical(body)
-            await self.redis.xadd(p.dlq_key(self.prefix), {
-                "reason": f"no live session for {'user' if target.user else 'thread'} "
-                          f"{target.user or target.thread!r}", "session": "", "kid": self.kid, "body": raw,
-                "sig": p.sign(self._secret, raw), "at": f"{time.time():.3f}"}, maxlen=100_000, approximate=True)
+            raw = m.canonical(body)
+            await dead_letters.add(self.redis, self.keys.dead_letters, kid=self.kid, body=raw,
+                                   sig=m.sign(self._secret, raw), code="no_live_session", session="",
+                                   reason=f"no live session for {'user' if target.user else 'thread'} "
+                                          f"{target.user or target.thread!r}")
             return mid
         await self._publish(*[self._body(sid, "message", mid, mid, text, author, elements, target) for sid in live])
         return mid
@@ -242,15 +271,15 @@ class Stream:
     async def token(self, text: str) -> None:
         if self._ended:
             raise DeliveryError(f"stream {self.id} already ended")
+        offset = len(self._parts)
         self._parts.append(text)
-        await self.pub._publish(self.pub._body(self.session_id, "token", f"{self.id}:{len(self._parts)}", self.id,
-                                               text, self.author))
+        await self.pub.stream_part(self.session_id, self.id, [text], offset=offset, author=self.author)
 
     async def end(self) -> str:
         if not self._ended:
             self._ended = True
-            await self.pub._publish(self.pub._body(self.session_id, "stream_end", f"{self.id}:end", self.id,
-                                                   "".join(self._parts), self.author))
+            await self.pub.stream_part(self.session_id, self.id, [], offset=len(self._parts), end=True,
+                                         text="".join(self._parts), author=self.author)
         return self.id
 
 

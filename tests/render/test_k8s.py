@@ -17,7 +17,7 @@ import yaml
 from cl_scale.config.loader import load_values
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
-from cl_scale.keyspace import acl_rules
+from cl_scale.wire.keyspace import acl_rules
 from cl_scale.render import k8s
 from cl_scale.render.k8s_common import SECRET_KEYS, image_version
 from tests.render.test_k8s_validate import manifest_docs

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cl_scale.wire.keyspace import Keyspace
 from cl_scale.contract import SECRET_ENV, WORKER_SECRET_ENV
 
 SECRET = "Zq9-SeCrEt-Zq9"
@@ -106,9 +107,9 @@ def test_bundled_redis_start_script_creates_the_worker_user_in_a_real_redis(tmp_
             if worker_password:
                 assert "clscale-worker" in [u.decode() if isinstance(u, bytes) else u for u in users]
                 worker = redis.Redis(port=port, username="clscale-worker", password=worker_password)
-                assert worker.publish("clscale:wk:wake:x", "hi") == 0
+                assert worker.publish(Keyspace().wake_channel("x"), "hi") == 0
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    worker.publish("clscale:sio:all", "raw emit")
+                    worker.publish(Keyspace().sio_broadcast, "raw emit")
             else:
                 assert [u.decode() if isinstance(u, bytes) else u for u in users] == ["default"]
         finally:

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 import redis.asyncio as aioredis
 
+from cl_scale.wire.keyspace import Keyspace
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 SESSIONS = 1000
 BATCH = 50
 #: Keys that live as long as the deployment (documented in docs/keyspace.md).
-PERMANENT = {"clscale:wk:outboxes", "clscale:wk:dlq"}
+PERMANENT = Keyspace().permanent()
 
 
 def tracked(url: str) -> dict[str, float]:
@@ -67,7 +68,7 @@ async def test_a_thousand_sessions_come_and_go_and_leave_nothing_behind(cluster)
     r = aioredis.Redis.from_url(cluster.redis.url)
     try:
         forever = []
-        async for key in r.scan_iter(match="clscale:*", count=1000):
+        async for key in r.scan_iter(match=f"{Keyspace().prefix}:*", count=1000):
             if key.decode() not in PERMANENT and await r.ttl(key) == -1:
                 forever.append(key.decode())
         assert forever == [], f"{len(forever)} keys never expire, e.g. {forever[:5]}"

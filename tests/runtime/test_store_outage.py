@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from cl_scale.wire.keyspace import Keyspace
 from cl_scale.client import ChainlitClient
 
 
@@ -34,7 +35,7 @@ async def test_client_pause_during_reconnect_elsewhere_keeps_the_stored_session(
         assert field(reply, "count") == "4"
         assert int(field(reply, "history")) == history + 2
         assert not [m for m in moved.messages() if "started on" in str(m.get("output"))], "on_chat_start re-ran"
-        ctx = await admin.hlen(f"clscale:ctx:{{{client.session_id}}}")
+        ctx = await admin.hlen(Keyspace().context(client.session_id))
         assert ctx == history + 3, "stored chat context lost entries"  # + previous reply, "after", its reply
     finally:
         await moved.close()

@@ -3,6 +3,9 @@ from __future__ import annotations
 import asyncio
 
 from cl_scale.client import ChainlitClient
+from cl_scale.wire.keyspace import Keyspace
+
+KEYS = Keyspace()
 
 
 async def started(client: ChainlitClient) -> ChainlitClient:
@@ -24,7 +27,7 @@ async def offline(redis_url: str, client: ChainlitClient, timeout: float = 10.0)
     r = aioredis.Redis.from_url(redis_url)
     try:
         for _ in range(int(timeout / 0.05)):  # bounded
-            if await r.hget(f"clscale:session:{{{client.session_id}}}", "connected") == b"0":
+            if await r.hget(KEYS.session(client.session_id), "connected") == b"0":
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"session {client.session_id} still recorded as connected after {timeout}s")
@@ -38,7 +41,7 @@ async def dlq(redis_url: str) -> list[dict]:
     r = aioredis.Redis.from_url(redis_url)
     try:
         return [{k.decode(): v.decode(errors="replace") for k, v in f.items()}
-                for _, f in await r.xrange("clscale:wk:dlq")]
+                for _, f in await r.xrange(KEYS.dead_letters)]
     finally:
         await r.aclose()
 
@@ -60,13 +63,14 @@ async def raw_publish(redis_url: str, session_id: str, fields: dict) -> None:
     """Write an entry straight into a session's outbox (what a buggy or hostile writer could do)."""
     import redis.asyncio as aioredis
 
-    from cl_scale.worker import protocol as p
+    from cl_scale.wire import scripts
+    from cl_scale.wire.keyspace import Keyspace
 
     r = aioredis.Redis.from_url(redis_url)
     try:
-        keys, args = p.outbox_append_call("clscale", session_id, "", fields.get("kid", ""), fields.get("body", b""),
-                                          fields.get("sig", ""), outbox_max=100000, ttl=3600)
-        await r.register_script(p.OUTBOX_APPEND)(keys=keys, args=args)
+        keys, args = scripts.outbox_append(Keyspace(), session_id, "", fields.get("kid", ""), fields.get("body", b""),
+                                           fields.get("sig", ""), outbox_max=100000, ttl=3600)
+        await r.register_script(scripts.OUTBOX_APPEND)(keys=keys, args=args)
     finally:
         await r.aclose()
 
@@ -75,7 +79,7 @@ def signed(session_id: str, secret: bytes, *, kid: str = "k1", text: str = "w", 
            mid: str | None = None, **extra) -> dict:
     import time
 
-    from cl_scale.worker import protocol as p
+    from cl_scale.wire import messages as p
 
     mid = mid or p.new_id()
     body = p.Body(eid=mid, mid=mid, kind="message", session=session_id, target=p.Target(session=session_id),

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 
+from cl_scale.wire.keyspace import Keyspace
 from cl_scale.client import ChainlitClient
 from cl_scale.cluster.procs import CL_SCALE, free_port
 from tests.worker.conftest import WORKER_ENV
@@ -64,7 +65,7 @@ async def test_send_and_dlq_round_trip(cluster, worker_env):
 
         r = aioredis.Redis.from_url(url)
         forged_old = {**signed(client.session_id, b"secret-one", text="w-forged-old", ts=1.0), "sig": "1" * 64}
-        await r.xadd("clscale:wk:dlq", {**forged_old, "code": "too_old", "reason": "too old: signed long ago",
+        await r.xadd(Keyspace().dead_letters, {**forged_old, "code": "too_old", "reason": "too old: signed long ago",
                                         "session": client.session_id, "at": "1"})
         await r.aclose()
         laundering = await asyncio.to_thread(cli, "dlq", "replay", "--all", "--resign", "--redis-url", url)

@@ -7,7 +7,8 @@ import pytest
 
 from cl_scale.cluster.procs import Proc, find_redis_server, wait_port, free_port
 from cl_scale.worker import BufferFull, Publisher
-from cl_scale.worker import protocol as p
+from cl_scale.wire import messages as p
+from cl_scale.wire.keyspace import Keyspace
 
 
 def durable_redis(tmp, port):
@@ -35,7 +36,7 @@ async def test_publisher_buffers_while_redis_restarts(tmp_path):
         server = durable_redis(tmp_path, port)
         await pub.flush(timeout=30)
         r = aioredis.Redis.from_url(url)
-        entries = await r.xrange(p.stream_key("clscale", "sess-restart-1"))
+        entries = await r.xrange(Keyspace().outbox("sess-restart-1"))
         await r.aclose()
         mids = [p.Body.model_validate_json(f[b"body"]).mid for _, f in entries]
         first_seen = list(dict.fromkeys(mids))  # a retried write may land twice; delivery dedupes by id

@@ -7,7 +7,7 @@ import time
 
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
-from cl_scale.worker import protocol as p
+from cl_scale.wire import messages as p
 from tests.worker.helpers import dlq, raw_publish, started
 
 K1 = b"secret-one"

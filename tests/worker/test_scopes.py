@@ -7,10 +7,11 @@ import asyncio
 import itertools
 import time
 
+from cl_scale.wire.keyspace import Keyspace
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
-from cl_scale.keyspace import acl_rules
-from cl_scale.worker import protocol as p
+from cl_scale.wire.keyspace import acl_rules
+from cl_scale.wire import messages as p
 from tests.worker.helpers import dlq, raw_publish, worker_texts
 
 ALICE_SID, BOB_SID = "alice-session-0001", "bob-session-00001"
@@ -109,16 +110,15 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
             reply = await client.ask(f"relay {client.session_id} cross", contains="relayed")  # instance role works
             assert reply
 
-            worker = aioredis.Redis.from_url(worker_url)
+            worker, ks = aioredis.Redis.from_url(worker_url), Keyspace()
             emitter = RedisEmitter(worker_url)
             try:
                 denied = [
-                    worker.publish(f"clscale:sio:inst:{a.name}", "{}"),
-                    worker.hgetall(f"clscale:ctx:{{{client.session_id}}}"),
-                    worker.hset(f"clscale:session:{{{client.session_id}}}", "owner", "me"),
-                    worker.delete(f"clscale:wk:s:{{{client.session_id}}}"),
-                    worker.xrange("clscale:wk:dlq"),
-                    emitter.emit_to_session(client.session_id, "cl-scale", {"text": "raw"}),
+                    worker.publish(ks.sio_channel(a.name), "{}"),
+                    worker.hgetall(ks.context(client.session_id)),
+                    worker.hset(ks.session(client.session_id), "owner", "me"),
+                    worker.delete(ks.outbox(client.session_id)),
+                    worker.xrange(ks.dead_letters),
                 ]
                 for call in denied:
                     try:
@@ -126,6 +126,8 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
                     except redis.exceptions.NoPermissionError:
                         continue
                     raise AssertionError("the worker ACL allowed a command it must not")
+                # RedisEmitter (a raw Socket.IO emit) cannot even look up the room's holders.
+                assert await emitter.emit_to_session(client.session_id, "cl-scale", {"text": "raw"}) == 0
             finally:
                 await worker.aclose()
                 await emitter.aclose()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
-from cl_scale.worker import protocol as p
+from cl_scale.wire import messages as p
 from tests.support.servers import http_status
 from tests.worker.helpers import dlq, raw_publish, signed, started, worker_texts
 

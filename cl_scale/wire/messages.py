@@ -1,9 +1,10 @@
-"""Wire format shared by the SDK, the gateway and the delivering instance (no Chainlit here).
+"""The worker message format: what is signed, how, by which keys, and how it is checked.
 
-A worker message is one entry of the target session's Redis stream ``<prefix>:wk:s:{<session>}``
-with three fields: ``kid`` (key id), ``body`` (canonical JSON, exactly the signed bytes) and
-``sig`` (hex HMAC-SHA256 of ``body``). The body names its session, so an entry copied into another
-session's stream fails verification.
+A worker message is one entry of the target session's outbox stream (``Keyspace.outbox``) with
+three fields: ``kid`` (key id), ``body`` (canonical JSON of :class:`Body`, exactly the signed bytes)
+and ``sig`` (hex HMAC-SHA256 of ``body``). The body names its session, so an entry copied into
+another session's stream fails verification. Shared by the SDK, gateways and the delivering
+instance; no Chainlit, no Redis here.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_BYTES = 64 * 1024
-GROUP = "deliver"
-CONSUMER = "owner"  # one owner at a time: its pending entries survive a move to another instance
+#: Room for the JSON framing of a body around its ``MAX_BYTES`` of content.
+FRAMING_BYTES = 4096
 KINDS = ("message", "token", "stream_end", "update", "remove")
 
 
@@ -72,74 +73,10 @@ def signature_ok(key: bytes, data: bytes, sig: str) -> bool:
     return hmac.compare_digest(sign(key, data).encode(), (sig or "").encode())
 
 
-def stream_key(prefix: str, session_id: str) -> str:
-    return f"{prefix}:wk:s:{{{session_id}}}"
-
-
-def dlq_key(prefix: str) -> str:
-    return f"{prefix}:wk:dlq"
-
-
-def seen_key(prefix: str, session_id: str, eid: str) -> str:
-    """Set once an entry was rendered: redelivery of the same ``eid`` is skipped (idempotency)."""
-    return f"{prefix}:wk:seen:{{{session_id}}}:{eid}"
-
-
-def wake_channel(prefix: str, instance_id: str) -> str:
-    """Each instance hears only about the sessions it owns (no fan-out to every instance)."""
-    return f"{prefix}:wk:wake:{instance_id}"
-
-
-# Append one signed entry to a session's outbox, atomically with its bookkeeping, and wake its owner.
-# KEYS: stream, dlq, outbox index (the keys it writes).
-# ARGV: kid, body, sig, max entries, ttl, now, session, wake channel prefix, session record key,
-#       seen key. The last two are only read, and are passed as names rather than KEYS so that a
-#       least-privilege worker ACL (``acl_rules``) needs read access to them only: Redis requires
-#       read+write access to every key declared to EVALSHA. Both share the stream's hash tag.
-# Returns 1 (queued), 0 (outbox full: dead-lettered), 2 (already rendered: nothing to do). The
-# "already rendered" check here only saves work: the owner checks the id inside the verified body.
-# When the outbox was empty, the wake-up carries the entry itself (``session\nid\nkid\nsig\nbody``), so
-# the owner renders it without reading the stream first. With one entry ahead (maybe being rendered
-# by that fast path, which reads nothing after it) the wake-up is the session id alone. With more, a
-# drain is already reading: it reads until the stream is empty, so no wake-up is sent (the owner's
-# one-second sweep is the safety net).
-OUTBOX_APPEND = """
-if redis.call('EXISTS', ARGV[10]) == 1 then return 2 end
-local n = redis.call('XLEN', KEYS[1])
-if n >= tonumber(ARGV[4]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',
-             'outbox full: ' .. n .. ' waiting (max ' .. ARGV[4] .. ')', 'code', 'outbox_full', 'session', ARGV[7],
-             'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3], 'at', ARGV[6])
-  return 0
-end
-local id = redis.call('XADD', KEYS[1], '*', 'kid', ARGV[1], 'body', ARGV[2], 'sig', ARGV[3])
-pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], 'deliver', '0')
-redis.call('EXPIRE', KEYS[1], math.floor(tonumber(ARGV[5]) * 2 + 60))
-redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[7])
-local owner = redis.call('HGET', ARGV[9], 'owner')
-if owner then
-  -- kid and session are the only free-form fields before the body: a newline would shift the split
-  if n == 0 and not string.find(ARGV[1] .. ARGV[7], '\\n', 1, true) then
-    redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7] .. '\\n' .. id .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[2])
-  elseif n <= 1 then
-    redis.call('PUBLISH', ARGV[8] .. owner, ARGV[7])
-  end
-end
-return 1
-"""
-
-
-def outbox_append_call(prefix: str, session_id: str, eid: str, kid: str, body: bytes, sig: str, *,
-                       outbox_max: int, ttl: float) -> tuple[list, list]:
-    """(keys, args) of ``OUTBOX_APPEND`` for one entry (SDK, gateway, ``cl-scale dlq replay``)."""
-    keys = [stream_key(prefix, session_id), dlq_key(prefix), f"{prefix}:wk:outboxes"]
-    args = [kid, body, sig, outbox_max, int(ttl), f"{time.time():.3f}", session_id, wake_channel(prefix, ""),
-            f"{prefix}:session:{{{session_id}}}", seen_key(prefix, session_id, eid)]
-    return keys, args
-
-
 def parse_wake(data: bytes) -> tuple[str, tuple | None]:
-    """A wake-up: (session id, (entry id, fields) or None)."""
+    """A wake-up on an owner's channel (``Keyspace.wake_channel``), as the publish script sends it:
+    the session id alone, or (fast path: the outbox was empty) the one entry with it,
+    ``session\nentry id\nkid\nsig\nbody``. Returns (session id, (entry id, fields) or None)."""
     parts = data.split(b"\n", 4)
     sid = parts[0].decode(errors="replace")
     if len(parts) < 5:
@@ -251,7 +188,7 @@ def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age
     kid, sig = text("kid"), text("sig")
     if not raw or not isinstance(raw, bytes):
         raise Rejected("malformed", "malformed: no body")
-    if len(raw) > max_bytes + 4096:
+    if len(raw) > max_bytes + FRAMING_BYTES:
         raise Rejected("oversized", f"oversized: {len(raw)} bytes (max {max_bytes})")
     if not kid or not sig:
         raise Rejected("unsigned", "unsigned: kid/sig missing")

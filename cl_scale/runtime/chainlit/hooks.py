@@ -1,0 +1,286 @@
+"""The wrappers cl-scale installs around Chainlit's socket handlers and state mutators.
+
+When a client reconnects to an instance that does not hold its session, :meth:`ChainlitHooks.connect`
+rebuilds the in-memory session from Redis *before* Chainlit's own ``connect`` handler runs — so
+Chainlit takes its normal "restore existing session" path (owner check included) and
+``on_chat_start`` does not run again. Every later change (``user_session.set``, the chat context) is
+reported to ``SessionSync``; every reply first commits the session's pending write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+
+from cl_scale.runtime import metrics
+from cl_scale.runtime.chainlit import compat
+from cl_scale.runtime.session_store import StoreUnavailable
+from cl_scale.wire.keyspace import valid_session_id
+
+log = logging.getLogger("cl_scale.hooks")
+
+# Longest a handshake waits for Redis to answer whether its session exists (a stall, a failover).
+# Past it the transport is dropped without a verdict, and the client reconnects by itself later.
+HANDSHAKE_STORE_WAIT = 10.0
+_CLIENT_TYPES = ("webapp", "copilot", "teams", "slack", "discord")
+_OPTIONAL_STR = ("threadId", "userEnv", "chatProfile")
+
+
+def validate_auth(auth) -> str:
+    """Refuse malformed handshakes before Chainlit sees them (it would raise KeyError/TypeError)."""
+    if not isinstance(auth, dict):
+        raise ConnectionRefusedError("invalid handshake: auth must be an object")
+    session_id = auth.get("sessionId")
+    if not valid_session_id(session_id):
+        raise ConnectionRefusedError("invalid handshake: sessionId missing or malformed")
+    if auth.get("clientType") not in _CLIENT_TYPES:
+        raise ConnectionRefusedError("invalid handshake: unknown clientType")
+    for key in _OPTIONAL_STR:
+        if auth.get(key) is not None and not isinstance(auth.get(key), str):
+            raise ConnectionRefusedError(f"invalid handshake: {key} must be a string")
+    if auth.get("userEnv"):
+        try:
+            if not isinstance(json.loads(auth["userEnv"]), dict):
+                raise ValueError
+        except ValueError:
+            raise ConnectionRefusedError("invalid handshake: userEnv must be a JSON object") from None
+    return session_id
+
+
+class ChainlitHooks:
+    """Installed once per process, after the app module is loaded.
+
+    :param sio: Chainlit's ``socketio.AsyncServer``.
+    :param state: ``ChainlitState`` (snapshot, rehydrate, forget).
+    :param store: the Redis session store.
+    :param sync: ``SessionSync`` (writes).
+    :param join_rooms: ``async (sid, session)``: the session's stable rooms.
+    :param on_ready: ``async (session)``: after a session is connected (worker outbox delivery).
+    :param closing: ``() -> bool``: the instance is shutting down (new messages are not started).
+    :param restore_callbacks: ``@cl_scale.on_session_restore`` functions.
+    """
+
+    def __init__(self, sio, *, state, store, sync, join_rooms, on_ready, closing, restore_callbacks):
+        self.sio, self.state, self.store, self.sync = sio, state, store, sync
+        self.join_rooms, self.on_ready, self.closing = join_rooms, on_ready, closing
+        self.restore_callbacks = restore_callbacks
+        #: Called with a session id when the session leaves this process (delivery frees its streams).
+        self.release_callbacks: list = [sync.release]
+        self._handshakes: dict[str, list] = {}  # session id -> [lock, handshakes waiting]
+        self._restored: set[str] = set()  # session ids rehydrated here, not yet announced to the app
+
+    # -- installation -------------------------------------------------------------------------------
+    def install(self) -> None:
+        compat.install_message_clock()
+        handlers = self.sio.handlers["/"]
+        self._connect, handlers["connect"] = handlers["connect"], self.connect
+        self._connected, handlers["connection_successful"] = handlers["connection_successful"], self.connection_successful
+        self._disconnect, handlers["disconnect"] = handlers["disconnect"], self.disconnect
+        if "chat_settings_change" in handlers:
+            self._settings = handlers["chat_settings_change"]
+            handlers["chat_settings_change"] = self.chat_settings_change
+        cs = importlib.import_module("chainlit.socket")
+        self._process_message, cs.process_message = cs.process_message, self.process_message
+        self._patch_mutators()
+        self._patch_replies()
+        self._patch_delete()
+
+    def _patch_mutators(self) -> None:
+        """``user_session.set`` and chat-context changes of the current session: report them."""
+        us = importlib.import_module("chainlit.user_session")
+        cc = importlib.import_module("chainlit.chat_context")
+        hooks = self
+
+        def patch(cls, name):
+            original = getattr(cls, name)
+
+            def wrapper(self, *args, **kwargs):
+                result = original(self, *args, **kwargs)
+                session = hooks.state.current()
+                if session is not None:
+                    message = args[0] if name in ("add", "remove") and args else None
+                    hooks.sync.changed(session.id, name, getattr(message, "id", None))
+                return result
+
+            wrapper.__wrapped__ = original
+            setattr(cls, name, wrapper)
+
+        patch(us.UserSession, "set")
+        for name in ("add", "remove", "clear"):
+            patch(cc.ChatContext, name)
+
+    def _patch_replies(self) -> None:
+        """What a reply shows the user is in Redis before the reply leaves (``SessionSync.commit``)."""
+        from chainlit.emitter import ChainlitEmitter
+
+        hooks = self
+
+        def commit_first(name):
+            original = getattr(ChainlitEmitter, name)
+
+            async def wrapper(self, step_dict, *args, **kwargs):
+                session = getattr(self, "session", None)
+                # Chat messages only: the run/tool steps around a handler are not what the user
+                # acts on, and committing for them would put one more write before every reply.
+                if (session is not None and getattr(session, "socket_id", None)
+                        and str((step_dict or {}).get("type", "")).endswith("_message")):
+                    await hooks.sync.commit(session)
+                return await original(self, step_dict, *args, **kwargs)
+
+            wrapper.__wrapped__ = original
+            setattr(ChainlitEmitter, name, wrapper)
+
+        for name in ("send_step", "update_step", "delete_step", "stream_start"):
+            commit_first(name)
+
+    def _patch_delete(self) -> None:
+        """Chainlit clears a session (its timeout passed, or the user cleared it): release everything
+        kept for it here too — and its chat context, which stock Chainlit never drops."""
+        from chainlit.session import WebsocketSession
+
+        original, hooks = WebsocketSession.delete, self
+
+        async def delete(session_self):
+            try:
+                await original(session_self)
+            finally:
+                hooks.state.drop_context(session_self.id)
+                hooks.release(session_self.id)
+
+        delete.__wrapped__ = original
+        WebsocketSession.delete = delete
+
+    # -- socket handlers ----------------------------------------------------------------------------
+    async def connect(self, sid, environ, auth=None):
+        """Restore the session from Redis if it lives elsewhere, then let Chainlit connect it.
+
+        Handshakes of one session run one at a time: a client that retried while Redis stalled
+        may have several waiting, and only one may rehydrate (the rest find it local)."""
+        session_id = validate_auth(auth)
+        waiting = self._handshakes.get(session_id)
+        if waiting is None:
+            waiting = self._handshakes[session_id] = [asyncio.Lock(), 0]
+        waiting[1] += 1
+        try:
+            async with waiting[0]:
+                return await self._connect_one(sid, environ, auth, session_id)
+        finally:
+            waiting[1] -= 1
+            if not waiting[1]:
+                self._handshakes.pop(session_id, None)
+
+    async def _connect_one(self, sid, environ, auth, session_id: str):
+        try:
+            record = await self._load_for_handshake(sid, session_id)
+        except StoreUnavailable:
+            # Neither restore nor start fresh: a fresh session would be claimed over the stored one.
+            log.warning("session %s: Redis unavailable during the handshake; client will retry", session_id)
+            await compat.drop_transport(self.sio, sid)
+            return False
+        if not compat.transport_open(self.sio, sid):
+            return False  # the client gave up on this handshake while it waited (it has retried)
+        local = self.state.session(session_id)
+        if local is not None and record and record.owner != self.store.instance_id:
+            self.forget(local)  # a peer took the session over since: our copy is stale
+            local = None
+        restored = None
+        if local is None and record:
+            restored = self.state.rehydrate(record.snapshot, sid, environ, record.chat_context)
+            self.sync.forget_context(session_id)  # rebuilt: the first save rewrites it whole
+        try:
+            accepted = await self._connect(sid, environ, auth)
+        except BaseException:
+            if restored is not None:
+                self.forget(restored)
+            raise
+        session = self.state.session(session_id)
+        if session is None or accepted is False:
+            return accepted
+        if restored is not None:
+            self._restored.add(session_id)
+            metrics.RESTORED.inc()
+            log.info("session %s restored from Redis (was on %s)", session_id, record.owner)
+        await self.join_rooms(sid, session)
+        await self.sync.save(session, claim=True, connected=True)  # accepted; python-socketio still calls it pending
+        return accepted
+
+    async def _load_for_handshake(self, sid: str, session_id: str):
+        """Load, retrying while Redis stalls, up to ``HANDSHAKE_STORE_WAIT`` or until the client
+        goes away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDSHAKE_STORE_WAIT
+        while True:
+            try:
+                return await self.store.load(session_id)
+            except StoreUnavailable:
+                if loop.time() + 0.2 >= deadline or not compat.transport_open(self.sio, sid):
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def connection_successful(self, sid, *args):
+        await self._connected(sid, *args)
+        session = self.state.session_by_sid(sid)
+        if session is None:
+            return
+        if session.id in self._restored:
+            self._restored.discard(session.id)
+            self.state.enter(session)
+            for callback in self.restore_callbacks:
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("on_session_restore callback failed for session %s", session.id)
+        task = session.current_task
+        if task is not None and not task.done():
+            task.add_done_callback(lambda _t, s=session: self.sync.schedule(s.id))
+        else:
+            self.sync.schedule(session.id)
+        await self.on_ready(session)
+
+    async def disconnect(self, sid, *args):
+        session = self.state.session_by_sid(sid)
+        await self._disconnect(sid)
+        if session is None:
+            return
+        if session.to_clear:
+            await self.store.delete(session.id)
+        else:
+            await self.sync.save(session, connected=False)
+
+    async def chat_settings_change(self, sid, settings):
+        await self._settings(sid, settings)
+        if session := self.state.session_by_sid(sid):
+            await self.sync.save(session)
+
+    async def process_message(self, session, payload):
+        if self.closing():
+            metrics.REFUSED_WHILE_CLOSING.inc()
+            log.info("session %s: message not started, instance closing (client re-sends)", session.id)
+            return
+        with self.sync.handler(session.id):
+            await self._process_message(session, payload)
+
+    # -- leaving ------------------------------------------------------------------------------------
+    def forget(self, session) -> None:
+        """Drop a session from this process without running app callbacks (it lives elsewhere)."""
+        self.state.forget(session)
+        self.release(session.id)
+
+    def release(self, session_id: str) -> None:
+        self._restored.discard(session_id)
+        for callback in self.release_callbacks:
+            callback(session_id)
+
+    def busy(self) -> int:
+        """Sessions with a reply or ``on_chat_start`` still running (what a drain waits for)."""
+        running = self.sync.busy()
+        for session in self.state.sessions():
+            task = getattr(session, "current_task", None)
+            if task is not None and not task.done():
+                running.add(session.id)
+        return len(running)
+
+    def tracked(self) -> dict[str, int]:
+        return {"handshakes": len(self._handshakes), "restored_pending": len(self._restored)}
