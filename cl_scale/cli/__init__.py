@@ -6,6 +6,7 @@ can cause is a :class:`cl_scale.errors.UserError`; ``main`` prints it as one lin
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -36,20 +37,18 @@ def _root() -> None:
 
 
 # Command modules register themselves on ``app`` when imported.
-from cl_scale.cli import render_cmds  # noqa: E402,F401
-from cl_scale.cli import runtime_cmds  # noqa: E402,F401
-from cl_scale.cli import worker_cmds  # noqa: E402,F401
-from cl_scale.cli import cluster_cmds  # noqa: E402,F401
-from cl_scale.cli import load_cmds  # noqa: E402,F401
+from cl_scale.cli import cluster_cmds, load_cmds, render_cmds, runtime_cmds, worker_cmds  # noqa: E402,F401,I001
 
 
-def fail(message: str) -> "typer.Exit":
-    """Print one clear line to stderr and return the exit to raise (code 2)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main() -> None:
+    # SIGTERM and SIGHUP stop a command the way Ctrl-C does: every `finally` runs, so commands that
+    # started processes (bench, up, loadtest) stop them. (`cl-scale run` installs uvicorn's own.)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising here
         if isinstance(code, int) and not isinstance(code, bool) and code:

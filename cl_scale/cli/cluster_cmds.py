@@ -39,8 +39,8 @@ def up_cmd(
     detach: bool = typer.Option(False, "--detach", "-d", help="Start, print the URL and return."),
     state_dir: Path = typer.Option(Path(".cl-scale"), help=STATE_DIR_HELP),
 ) -> None:
-    from cl_scale.cluster.local import ClusterSpec, LocalCluster
     from cl_scale.errors import UserError
+    from cl_scale.ops.local import ClusterSpec, LocalCluster
 
     if sticky not in ("ip_hash", "cookie", "header"):
         raise UserError(f"--sticky {sticky!r}: must be ip_hash, cookie or header")
@@ -63,7 +63,7 @@ def _watch(cluster, state: dict) -> None:
     """Live status until Ctrl-C or SIGTERM, then stop every process."""
     from rich.live import Live
 
-    from cl_scale.cluster.local import describe
+    from cl_scale.ops.local import describe
 
     stopping = {"now": False}
 
@@ -117,8 +117,8 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     state_dir: Path = typer.Option(Path(".cl-scale"), help=STATE_DIR_HELP),
 ) -> None:
-    from cl_scale.cluster.local import describe, load_state
     from cl_scale.errors import UserError
+    from cl_scale.ops.local import describe, load_state
 
     state = load_state(state_dir)
     if state is None:
@@ -145,7 +145,7 @@ def status_cmd(
     ),
 )
 def down_cmd(state_dir: Path = typer.Option(Path(".cl-scale"), help=STATE_DIR_HELP)) -> None:
-    from cl_scale.cluster.local import down
+    from cl_scale.ops.local import down
 
     stopped = down(state_dir)
     typer.echo(f"cl-scale: stopped {len(stopped)} processes")
@@ -176,15 +176,15 @@ def doctor_cmd(
     import asyncio
     from urllib.parse import urlsplit
 
-    from cl_scale.cluster.doctor import Doctor
     from cl_scale.errors import UserError
+    from cl_scale.ops.doctor import Doctor
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"URL {url!r}: expected http(s)://host[:port]")
     if not 1 <= clients <= 50:
         raise UserError(f"--clients {clients}: must be between 1 and 50")
-    from cl_scale.cluster.local import local_secret
+    from cl_scale.ops.local import local_secret
 
     token = token or os.environ.get("CL_SCALE_DOCTOR_TOKEN") or local_secret(state_dir, "CL_SCALE_DOCTOR_TOKEN")
     verdicts = asyncio.run(Doctor(url, clients=clients, idle_seconds=idle_seconds,

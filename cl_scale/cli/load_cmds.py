@@ -74,14 +74,15 @@ def loadtest_cmd(
     help=(
         "Benchmark, on this machine, in one run: (a) stock `chainlit run`, (b) 3 stock Chainlit instances "
         "with python-socketio's AsyncRedisManager, (c) 3 `cl-scale run` instances behind nginx. Echo p50/p99, "
-        "2000-token stream, worker-push latency, concurrent clients held, memory per idle connection, CPU "
-        "per message. Writes bench/results.json and PNGs in bench/plots/.\n\n"
+        "2000-token stream, concurrent clients held, memory per idle connection, CPU per message; worker "
+        "delivery against a raw emit with the same batching; render time. Writes bench/results.json and "
+        "PNGs in bench/plots/; --readme regenerates the README section from results.json.\n\n"
         "Examples:\n\n"
         "\b\n"
-        "  cl-scale bench                                  # full run: ~5 min, keep the machine quiet\n"
+        "  cl-scale bench                                  # full run: ~8 min, keep the machine quiet\n"
         "  cl-scale bench --quick --out /tmp/b             # smoke run: few iterations, few clients\n"
         "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
-        "  cl-scale bench --readme README.md               # regenerate the README table from results.json"
+        "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
 def bench_cmd(
@@ -92,24 +93,25 @@ def bench_cmd(
                                           "(default 2000; --quick 30)."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated subset of setups: "
                                        "stock,stock-redis,cl-scale (default: all three)."),
-    readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the table between <!-- bench:start --> "
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the section between <!-- bench:start --> "
                                           "and <!-- bench:end --> in this file from results.json, then exit."),
 ) -> None:
-    from cl_scale.loadtest import bench
+    from cl_scale.bench import report, run
+    from cl_scale.bench.setups import SETUPS
 
     if readme is not None:
-        out_dir = out or bench.default_out()
-        bench.update_readme(readme, out_dir / "results.json")
+        out_dir = out or run.default_out()
+        report.update_readme(readme, out_dir / "results.json")
         typer.echo(f"updated {readme} from {out_dir / 'results.json'}")
         return
     if clients is not None and clients < 1:
         raise UserError(f"--clients {clients}: must be at least 1")
     selected = [s.strip() for s in only.split(",") if s.strip()] if only else None
-    unknown = [s for s in selected or [] if s not in bench.SETUPS]
+    unknown = [s for s in selected or [] if s not in SETUPS]
     if unknown:
-        raise UserError(f"--only {only!r}: unknown setup {unknown[0]!r} (choose from {', '.join(bench.SETUPS)})")
+        raise UserError(f"--only {only!r}: unknown setup {unknown[0]!r} (choose from {', '.join(SETUPS)})")
     # A quick or partial run never overwrites the committed bench/results.json unless --out says so.
-    out_dir = out or (bench.default_out() / "out" / "quick" if quick or selected else bench.default_out())
-    report = bench.run(out_dir, quick=quick, clients=clients, only=selected)
-    typer.echo(bench.markdown_table(report))
+    out_dir = out or (run.default_out() / "out" / "quick" if quick or selected else run.default_out())
+    results = run.run(out_dir, quick=quick, clients=clients, only=selected)
+    typer.echo(report.readme_section(results))
     typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'plots'}/")

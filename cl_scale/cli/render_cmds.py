@@ -36,10 +36,7 @@ def _renderer(target: str) -> Callable:
     elif target == "compose":
         from cl_scale.render.compose import render
     elif target == "k8s":
-        try:
-            from cl_scale.render.k8s import render
-        except ImportError as exc:
-            raise UserError(f"k8s renderer is not available ({exc})") from None
+        from cl_scale.render.k8s import render
     else:
         raise UserError(f"target={target!r}: must be one of {', '.join(TARGETS)}")
     return render
@@ -49,10 +46,8 @@ def _stream(target: str, values) -> str:
     """``--out -``: one document on stdout. k8s: every manifest (never a Secret); nginx: the
     conf.d snippet for an existing nginx; compose: compose.yaml."""
     if target == "k8s":
-        try:
-            from cl_scale.render.k8s import render_stream
-        except ImportError as exc:
-            raise UserError(f"k8s renderer is not available ({exc})") from None
+        from cl_scale.render.k8s import render_stream
+
         return render_stream(values)
     files = _renderer(target)(values)
     return files["conf.d/chainlit.conf" if target == "nginx" else "compose.yaml"]
@@ -196,23 +191,13 @@ def init_cmd(
 
     files: dict[str, str] = {"cl-scale.yaml": documented_yaml(values)}
     files.update(scaffold.render(values))
-    skipped = []
     for target in TARGETS:
-        try:
-            rendered = _renderer(target)(values)
-        except UserError as exc:
-            if target != "k8s" or "not available" not in str(exc):
-                raise
-            skipped.append(f"k8s ({exc})")
-            continue
-        files.update({f"{target}/{rel}": text for rel, text in rendered.items()})
+        files.update({f"{target}/{rel}": text for rel, text in _renderer(target)(values).items()})
     if not app_file.exists():
         files[app_path] = scaffold.starter_app()
     written = write_files(root, files)
     kept = "" if app_path in files else f" (kept your {app_path})"
     typer.echo(f"wrote {len(written)} files to {root}/{kept}")
-    for item in skipped:
-        typer.echo(f"warning: skipped {item}", err=True)
 
 
 def _quoted(text: str) -> str:

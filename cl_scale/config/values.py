@@ -16,9 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from cl_scale.contract import reserved_env_reason
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,6 +27,8 @@ from pydantic import (
     StrictInt,
     model_validator,
 )
+
+from cl_scale.contract import reserved_env_reason
 
 # --------------------------------------------------------------------------- reusable checks
 

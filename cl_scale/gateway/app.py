@@ -13,7 +13,6 @@ import hmac
 import logging
 
 import redis.exceptions
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request

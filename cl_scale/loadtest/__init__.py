@@ -1,10 +1,9 @@
-"""Load tests (locust, ``cl-scale loadtest``) and the benchmark harness (``cl-scale bench``)."""
+"""Load tests: the locust Chainlit user and ``cl-scale loadtest`` (the benchmark is ``cl_scale.bench``)."""
 
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
-APP = HERE / "app.py"
 
 SCENARIOS = ("chat", "stream", "push", "reconnect", "all")
 #: The request names each scenario reports to locust (CSV rows), ``connect`` included.

@@ -1,17 +1,14 @@
 """Locust user for Chainlit: Socket.IO over a raw websocket, Chainlit's handshake, four scenarios.
 
 Locust runs on gevent, which cannot host asyncio clients, so this user speaks Engine.IO v4 /
-Socket.IO v5 framing itself on ``websocket-client`` (``/ws/socket.io/?EIO=4&transport=websocket``):
-
-    POST /set-session-cookie {session_id}            (the cookie Chainlit checks on connect)
-    ws  <- 0{sid, pingInterval, ...}                 (Engine.IO open)
-    ws  -> 40{clientType, sessionId, threadId, userEnv, chatProfile}   (Socket.IO connect + auth)
-    ws  <- 40{sid}
-    ws  -> 42["connection_successful"]               (runs on_chat_start / on_chat_resume)
+Socket.IO v5 framing itself on ``websocket-client``; the handshake, the messages and the framing
+come from ``cl_scale.ops.protocol`` (the one description of Chainlit's protocol).
 
 Scenarios (``--scenario`` or ``$CL_SCALE_SCENARIO``):
 
-``chat``       send a message, wait for the echoed reply            -> ``chat: round trip``
+``chat``       send a message, wait for the app's reply, whatever it says: a round trip ends with
+               Chainlit's ``task_end``, and must have brought at least one message (else it fails:
+               "no reply")                                           -> ``chat: round trip``
 ``stream``     ``stream N``; time to first and to last token         -> ``stream: first token``, ``stream: last token``
 ``push``       a worker publishes a timestamped message through the cl-scale worker SDK into this
                user's session; latency = receive time - timestamp -> ``push: publish``, ``push: delivery``
@@ -26,19 +23,17 @@ Options (flags or environment): ``--stream-tokens``/``$CL_SCALE_STREAM_TOKENS`` 
 ``--spread N``/``$CL_SCALE_SPREAD`` binds user *i* to source address ``127.0.(i % N + 1).1`` so nginx
 ``ip_hash`` spreads loopback clients over instances; ``--redis-url``/``$CL_SCALE_REDIS_URL`` and
 ``--worker-key KID:SECRET``/``$CL_SCALE_WORKER_KEY`` for ``push`` (the instances must accept that key in
-``CL_SCALE_WORKER_KEYS``). The app must echo text and answer ``stream N`` with N streamed tokens
-(``loadtest/app.py`` does).
+``CL_SCALE_WORKER_KEYS``). ``stream`` needs an app that answers ``stream N`` with N streamed tokens (``loadtest/app.py`` does);
+``chat``, ``push`` and ``reconnect`` work against any app.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import gevent
@@ -49,6 +44,7 @@ from locust import User, between, events, task
 from locust.exception import StopUser
 
 from cl_scale.loadtest import REQUEST_NAMES, SCENARIOS  # noqa: F401 - no locust import there
+from cl_scale.ops import protocol
 
 TIMEOUT = float(os.environ.get("CL_SCALE_REPLY_TIMEOUT", "30"))
 _user_numbers = itertools.count()
@@ -124,10 +120,10 @@ class ChainlitSocket:
         return sock
 
     def _set_cookie(self) -> None:
-        body = json.dumps({"session_id": self.session_id}).encode()
+        body = protocol.set_cookie_body(self.session_id)
         sock = self._sock()
         try:
-            sock.sendall((f"POST /set-session-cookie HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            sock.sendall((f"POST {protocol.SET_COOKIE_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                           f"Connection: close\r\n\r\n").encode() + body)
             head = b""
@@ -145,26 +141,24 @@ class ChainlitSocket:
     def connect(self) -> None:
         self._set_cookie()
         scheme = "wss" if self.secure else "ws"
-        url = f"{scheme}://{self.host}:{self.port}/ws/socket.io/?EIO=4&transport=websocket"
+        url = f"{scheme}://{self.host}:{self.port}{protocol.WEBSOCKET_PATH}"
         self.ws = websocket.create_connection(url, socket=self._sock(), timeout=TIMEOUT,
-                                              cookie=f"X-Chainlit-Session-id={self.session_id}",
+                                              cookie=f"{protocol.SESSION_COOKIE}={self.session_id}",
                                               host=f"{self.host}:{self.port}")
-        opening = self.ws.recv()
-        if not opening.startswith("0"):
-            raise ConnectionError(f"unexpected Engine.IO open: {opening[:80]}")
-        auth = {"clientType": "webapp", "sessionId": self.session_id, "threadId": None, "userEnv": "{}",
-                "chatProfile": None}
-        self.ws.send("40" + json.dumps(auth))
+        kind, _, _ = protocol.decode(self.ws.recv())
+        if kind != "open":
+            raise ConnectionError("unexpected Engine.IO open")
+        self.ws.send(protocol.encode_connect(protocol.auth(self.session_id)))
         while True:
-            packet = self.ws.recv()
-            if packet == "2":
-                self.ws.send("3")
-            elif packet.startswith("40"):
-                self.sid = json.loads(packet[2:] or "{}").get("sid")
+            kind, _, data = protocol.decode(self.ws.recv())
+            if kind == "ping":
+                self.ws.send(protocol.PONG)
+            elif kind == "connected":
+                self.sid = data.get("sid")
                 break
-            elif packet.startswith("44"):
-                raise ConnectionError(f"Socket.IO connect refused: {packet[2:200]}")
-        self.ws.send('42["connection_successful"]')
+            elif kind == "refused":
+                raise ConnectionError(f"Socket.IO connect refused: {str(data)[:200]}")
+        self.ws.send(protocol.encode_event("connection_successful"))
         self.ws.settimeout(None)
         self.reader = gevent.spawn(self._read, self.ws)
 
@@ -175,12 +169,12 @@ class ChainlitSocket:
                 now = time.time()
                 if not packet:
                     break
-                if packet == "2":
-                    ws.send("3")
-                elif packet.startswith("42"):
-                    event, *data = json.loads(packet[2:])
-                    self.events.put((now, event, data[0] if data else None))
-                elif packet.startswith("41") or packet == "1":
+                kind, event, data = protocol.decode(packet)
+                if kind == "ping":
+                    ws.send(protocol.PONG)
+                elif kind == "event":
+                    self.events.put((now, event, data))
+                elif kind in ("disconnected", "close"):
                     break
         except Exception:  # closed (by us or the server)
             pass
@@ -209,14 +203,9 @@ class ChainlitSocket:
             self.reader.kill(block=False)
             self.reader = None
 
-    def emit(self, event: str, data) -> None:
-        self.ws.send("42" + json.dumps([event, data]))
-
     def send_message(self, text: str) -> str:
-        mid = str(uuid.uuid4())
-        self.emit("client_message", {"message": {
-            "id": mid, "threadId": "", "output": text, "name": "User", "type": "user_message",
-            "createdAt": datetime.now(timezone.utc).isoformat()}, "fileReferences": []})
+        mid, payload = protocol.user_message(text)
+        self.ws.send(protocol.encode_event("client_message", payload))
         return mid
 
     def wait(self, predicate, timeout: float = TIMEOUT):
@@ -300,15 +289,26 @@ class ChainlitUser(User):
         scenario = next(self.cycle) if self.scenario == "all" else self.scenario
         getattr(self, f"do_{scenario}")()
 
+    def _reply(self, text: str) -> None:
+        """Send ``text`` and wait for the app's whole reply: Chainlit opens it with ``task_start`` and
+        closes it with ``task_end`` (a ``task_end`` before that belongs to the connect). A reply
+        without any message is a failure: the app answered nothing."""
+        self.conn.drain()
+        self.conn.send_message(text)
+        self.conn.wait(lambda e, d: e == "task_start")
+        replies = 0
+        while True:
+            _, event, _ = self.conn.wait(lambda e, d: e in ("task_end", *protocol.REPLY_EVENTS))
+            if event != "task_end":
+                replies += 1
+            elif replies:
+                return
+            else:
+                raise ValueError("no reply: the app's handler ended without sending a message")
+
     def do_chat(self) -> None:
         tag = self._tag()
-        self.conn.drain()
-
-        def round_trip():
-            self.conn.send_message(tag)
-            self.conn.wait(lambda e, d: e == "new_message" and f"echo={tag}" in _output(d))
-
-        self._measure("chat: round trip", round_trip)
+        self._measure("chat: round trip", lambda: self._reply(tag))
 
     def do_stream(self) -> None:
         self.conn.drain()
@@ -355,9 +355,4 @@ class ChainlitUser(User):
 
         self._measure("reconnect: storm", come_back)
         tag = self._tag()
-
-        def first_reply():
-            self.conn.send_message(tag)
-            self.conn.wait(lambda e, d: e == "new_message" and f"echo={tag}" in _output(d))
-
-        self._measure("reconnect: first reply", first_reply)
+        self._measure("reconnect: first reply", lambda: self._reply(tag))

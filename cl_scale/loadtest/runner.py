@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cl_scale.errors import UserError
 from cl_scale.loadtest import LOCUSTFILE, SCENARIOS
+
 _DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$|^\d+$")
 
 
@@ -79,11 +80,10 @@ def run_locust(url: str, *, users: int, spawn_rate: float, run_time: str, scenar
     seconds = duration_seconds(run_time)
     import importlib.util
 
-    missing = [m for m, pkg in (("locust", "locust"), ("websocket", "websocket-client"))
-               if importlib.util.find_spec(m) is None]
+    missing = [pkg for module, pkg in (("locust", "locust"), ("websocket", "websocket-client"))
+               if importlib.util.find_spec(module) is None]
     if missing:
-        raise UserError(f"{', '.join(missing)} not installed: pip install locust websocket-client "
-                        "(the load-test extras of cl-scale)")
+        raise UserError(f"{', '.join(missing)} not installed: pip install 'cl-scale[loadtest]'")
     locustfile = Path(locustfile or LOCUSTFILE)
     if not locustfile.is_file():
         raise UserError(f"--locustfile {locustfile}: no such file")

@@ -141,14 +141,3 @@ def render(values: Values, upstreams: list[str] | None = None, *, stdio_logs: bo
         raise UserError(f"nginx: {exc}") from None
     out.update(_RUNTIME_DIRS)
     return out
-
-
-def snippet(values: Values, upstreams: list[str] | None = None) -> str:
-    """Only the ``conf.d`` part (upstream + map + server) for an existing nginx's http block."""
-    return render(values, upstreams)["conf.d/chainlit.conf"]
-
-
-def nginx_conf_for_local(values: Values, ports: list[int], host: str = "127.0.0.1") -> dict[str, str]:
-    """Files for a local cluster whose instances listen on ``host:ports``; nginx listens on
-    ``host:nginx.listen`` only (run with ``nginx -p <dir> -c nginx.conf``)."""
-    return render(values, [f"{host}:{int(p)}" for p in ports], listen_host=host)

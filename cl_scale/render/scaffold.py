@@ -11,9 +11,8 @@ import jinja2
 
 from cl_scale import __version__
 from cl_scale.config.values import Values
-from cl_scale.render import templates_dir
-
 from cl_scale.contract import SECRET_ENV
+from cl_scale.render import templates_dir
 
 
 def _env() -> jinja2.Environment:

@@ -14,7 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cl_scale.runtime import metrics
 from cl_scale.runtime.forwarding import (
-    DEFAULT_UPLOAD_MB, FORWARDED_HEADER, MULTIPART_SLACK, SESSION_BOUND, Forwarder, respond)
+    DEFAULT_UPLOAD_MB,
+    FORWARDED_HEADER,
+    MULTIPART_SLACK,
+    SESSION_BOUND,
+    Forwarder,
+    respond,
+)
 from cl_scale.wire.keyspace import room_name, valid_session_id
 
 log = logging.getLogger("cl_scale.asgi")

@@ -9,7 +9,6 @@ one :class:`ConfigError` line naming the variable — never its secret.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import uuid
@@ -17,9 +16,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cl_scale.contract import DEFAULT_PREFIX, REDIS_SCHEMES
-from cl_scale.envvars import DAY, env as _env, number as _number
-from cl_scale.wire.keyspace import SAFE_PREFIX
+from cl_scale.envvars import DAY
+from cl_scale.envvars import env as _env
+from cl_scale.envvars import number as _number
 from cl_scale.errors import ConfigError
+from cl_scale.wire.keyspace import SAFE_PREFIX
 from cl_scale.wire.redis_url import check as check_redis_url
 from cl_scale.wire.redis_url import redacted, with_password
 

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_BYTES = 64 * 1024
 #: Room for the JSON framing of a body around its ``MAX_BYTES`` of content.
 FRAMING_BYTES = 4096
-KINDS = ("message", "token", "stream_end", "update", "remove")
 
 
 class Element(BaseModel):

@@ -11,4 +11,11 @@ No Chainlit import here, and nothing from the server side (``runtime``): workers
 
 from cl_scale.wire.messages import WorkerKey, parse_keys  # noqa: F401
 from cl_scale.worker.publisher import (  # noqa: F401
-    BufferFull, DeliveryError, MessageTooLarge, OutboxFull, Publisher, Stream, SyncPublisher)
+    BufferFull,
+    DeliveryError,
+    MessageTooLarge,
+    OutboxFull,
+    Publisher,
+    Stream,
+    SyncPublisher,
+)

@@ -36,8 +36,6 @@ class WorkerSettings:
     gateway_tokens: str | None = field(default=None, repr=False)
     outbox_max: int = 1000
     outbox_ttl: float = 3600
-    #: Where the values came from when not from flags/env (``cl-scale up``'s state directory).
-    local_cluster: Path | None = None
 
     @property
     def keys(self) -> Keyspace:
@@ -58,14 +56,12 @@ class WorkerSettings:
             raise ConfigError("prefix / CL_SCALE_PREFIX", prefix, "must be 1-64 of [A-Za-z0-9._-]")
         known = m.parse_keys(env("CL_SCALE_WORKER_KEYS") or local.get("CL_SCALE_WORKER_KEYS"), "CL_SCALE_WORKER_KEYS")
         signing = _signing_key(key_id or env("CL_SCALE_WORKER_KEY_ID"), key or env("CL_SCALE_WORKER_KEY"), known)
-        used_local = bool(local) and not (redis_url or env("CL_SCALE_REDIS_URL") or env("REDIS_URL"))
         return cls(redis_url=with_password(url, env("REDIS_PASSWORD")), prefix=prefix, key=signing, known_keys=known,
                    gateway_tokens=env("CL_SCALE_GATEWAY_TOKENS"),
                    outbox_max=number("CL_SCALE_WORKER_OUTBOX_MAX", env("CL_SCALE_WORKER_OUTBOX_MAX", "1000"),
                                      int, 1, 1_000_000),
                    outbox_ttl=number("CL_SCALE_WORKER_OUTBOX_TTL", env("CL_SCALE_WORKER_OUTBOX_TTL", "3600"),
-                                     float, 1, 30 * DAY),
-                   local_cluster=(state_dir or LOCAL_STATE).resolve() if used_local else None)
+                                     float, 1, 30 * DAY))
 
     def signing_key(self) -> m.WorkerKey:
         if self.key is None:

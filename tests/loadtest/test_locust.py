@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cl_scale.loadtest import APP
 from cl_scale.loadtest import REQUEST_NAMES
 
+APP = Path(__file__).resolve().parents[2] / "cl_scale" / "bench" / "apps" / "echo.py"
+
 CL_SCALE = str(Path(sys.executable).parent / "cl-scale")
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "k1:load-secret"
 
 
@@ -32,7 +32,7 @@ def test_every_scenario_against_three_instances(cluster, tmp_path):
     out = tmp_path / "report"
     result = _cli("loadtest", cluster.nginx.url, "--users", "6", "--spawn-rate", "6", "--run-time", "20s",
                   "--scenario", "all", "--spread", "3", "--storm-period", "5", "--stream-tokens", "100",
-                  "--redis-url", cluster.redis.url, "--out", str(out), "--locustfile", str(ROOT / "loadtest" / "locustfile.py"),
+                  "--redis-url", cluster.redis.url, "--out", str(out),
                   env={"CL_SCALE_WORKER_KEY": KEY})
     log = (out / "locust.log").read_text() if (out / "locust.log").exists() else ""
     assert result.returncode == 0, result.stdout + result.stderr + log[-3000:]
@@ -48,7 +48,7 @@ def test_every_scenario_against_three_instances(cluster, tmp_path):
 
 def test_failures_exit_non_zero(tmp_path):
     """Nothing listens: every connect fails, the command says so and exits 1."""
-    from cl_scale.cluster.procs import free_port
+    from cl_scale.ops.processes import free_port
 
     result = _cli("loadtest", f"http://127.0.0.1:{free_port()}", "--users", "2", "--spawn-rate", "2",
                   "--run-time", "3s", "--out", str(tmp_path / "r"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cl_scale.config.loader import load_values
+from cl_scale.ops.processes import Proc, free_port, wait_port
 from cl_scale.render import nginx as nginx_render
-from tests.support.procs import Server, free_port, wait_port
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -49,12 +49,12 @@ def sio_backends(tmp_path_factory):
     try:
         for i in range(1, 4):
             port = free_port()
-            srv = Server([sys.executable, str(SUPPORT / "sio_backend.py"), str(port), f"b{i}"],
-                         logs / f"b{i}.log").start()
+            srv = Proc([sys.executable, str(SUPPORT / "sio_backend.py"), str(port), f"b{i}"],
+                       log_path=logs / f"b{i}.log").start()
             servers.append(srv)
             ports.append(port)
-        for srv, port in zip(servers, ports, strict=True):
-            wait_port(port, proc=srv.proc)
+        for port in ports:
+            wait_port(port)
         yield ports
     finally:
         for srv in servers:
@@ -65,7 +65,7 @@ def sio_backends(tmp_path_factory):
 def run_nginx(tmp_path):
     """``run_nginx(sets, upstream_ports) -> base URL``: render, then start nginx in the
     foreground on an ephemeral loopback port."""
-    started: list[Server] = []
+    started: list[Proc] = []
 
     def start(sets: list[str], ports: list[int]) -> str:
         listen = free_port()
@@ -74,9 +74,9 @@ def run_nginx(tmp_path):
                             nginx_render.render(values, [f"127.0.0.1:{p}" for p in ports], listen_host="127.0.0.1"))
         check = nginx_test(prefix)
         assert check.returncode == 0, check.stderr
-        srv = Server([NGINX, "-p", str(prefix), "-c", "nginx.conf"], prefix / "stdout.log").start()
+        srv = Proc([NGINX, "-p", str(prefix), "-c", "nginx.conf"], log_path=prefix / "stdout.log").start()
         started.append(srv)
-        wait_port(listen, proc=srv.proc)
+        wait_port(listen)
         return f"http://127.0.0.1:{listen}"
 
     yield start

@@ -17,11 +17,11 @@ import yaml
 from cl_scale.config.loader import load_values
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
-from cl_scale.wire.keyspace import acl_rules
+from cl_scale.ops.processes import free_port
 from cl_scale.render import k8s
 from cl_scale.render.k8s_common import SECRET_KEYS, image_version
+from cl_scale.wire.keyspace import acl_rules
 from tests.render.test_k8s_validate import manifest_docs
-from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "values.yaml"

@@ -139,8 +139,6 @@ def test_explicit_upstreams_and_listen_host():
     ds = directives(upstreams=["10.0.0.5:7001", "[::1]:7002", "app-3:8000"], listen_host="127.0.0.1")
     assert [d.args[0] for d in find(ds, "server", ("upstream",))] == ["10.0.0.5:7001", "[::1]:7002", "app-3:8000"]
     assert find(ds, "listen")[0].args == ("127.0.0.1:8080",)
-    local = nginx_render.nginx_conf_for_local(load_values([], []), [5001, 5002])
-    assert "127.0.0.1:5002" in local["conf.d/chainlit.conf"]
 
 
 @pytest.mark.parametrize("upstreams", [[], ["a:0"], ["a"], ["a:1; evil"], ["a:1\n"], ["[zz]:1"]])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cl_scale.wire.keyspace import Keyspace
 from cl_scale.contract import SECRET_ENV, WORKER_SECRET_ENV
+from cl_scale.wire.keyspace import Keyspace
 
 SECRET = "Zq9-SeCrEt-Zq9"
 
@@ -89,8 +89,8 @@ def test_bundled_redis_start_script_creates_the_worker_user_in_a_real_redis(tmp_
 
     import redis
 
+    from cl_scale.ops.processes import Proc, free_port, wait_port
     from cl_scale.render.k8s_redis import start_args
-    from tests.support.servers import Proc, free_port, wait_port
 
     if not shutil.which("redis-server"):
         pytest.skip("redis-server not installed")

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import http_status
 from tests.runtime.test_failover import fields, starts
-from tests.support.servers import http_status
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,11 @@ state, never about time: every session keeps its id, thread, user_session values
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections import Counter
 
 import pytest
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 
 N_CLIENTS = 20
 pytestmark = pytest.mark.slow
@@ -74,9 +73,9 @@ async def test_rolling_restart_sigterm_one_at_a_time(cluster):
             held = [c for c, r in zip(clients, previous) if r["instance"] == inst.name]
             connects = {id(c): c.connects for c in held}
             cluster.restart(inst)  # SIGTERM, wait for exit, start again on the same port, wait ready
-            await asyncio.gather(*(c.wait_for(lambda c=c: c.connects > connects[id(c)], 30) for c in held))
+            await asyncio.gather(*(c.wait_for(lambda c=c, connects=connects: c.connects > connects[id(c)], 30) for c in held))
             current = await chat_round(clients, f"r{step}")
-            for client, b, a in zip(clients, previous, current):
+            for _client, b, a in zip(clients, previous, current):
                 assert a["thread"] == b["thread"]
                 assert int(a["count"]) == int(b["count"]) + 1
                 assert int(a["history"]) == int(b["history"]) + 2

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 import redis.asyncio as aioredis
 
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.client import ChainlitClient
 from cl_scale.worker import Publisher
 
 pytestmark = pytest.mark.slow

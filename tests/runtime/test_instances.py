@@ -8,9 +8,9 @@ import uuid
 import pytest
 import socketio
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import http_status
 from cl_scale.runtime.api import RedisEmitter
-from tests.support.servers import http_status
 
 
 async def started(client: ChainlitClient) -> ChainlitClient:
@@ -200,11 +200,11 @@ async def test_stalled_redis_never_blocks_local_chat_or_local_emits(cluster):
 
 async def test_instance_started_before_redis_waits_not_ready_then_serves(app_dir, tmp_path):
     """Redis unreachable at start: the process stays up and not-ready, and serves once Redis comes."""
-    from tests.support.servers import Instance, RedisServer, free_port
+    from cl_scale.ops.processes import InstanceProcess, RedisServer, free_port
 
     redis = RedisServer(tmp_path / "late-redis", port=free_port())
     (tmp_path / "late-redis").mkdir()
-    inst = Instance(app_dir, redis.url, "early").start()
+    inst = InstanceProcess(app_dir, redis.url, "early", env={"CHAINLIT_AUTH_SECRET": "x" * 40}).start()
     try:
         inst.wait_ready(path="/healthz")
         await _eventually(lambda: http_status(f"{inst.url}/readyz") == 503, 10)

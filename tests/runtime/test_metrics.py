@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cl_scale.cluster.procs import CL_SCALE, Proc, free_port, http_status, wait_port
+from cl_scale.ops.processes import CL_SCALE, Proc, free_port, http_status, wait_port
 
 SECRET = "Zq9-SeCrEt-Zq9"
 

@@ -2,10 +2,10 @@
 
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from importlib.metadata import version
 
 CL_SCALE = str(Path(sys.executable).with_name("cl-scale"))
 

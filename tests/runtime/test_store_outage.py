@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.client import ChainlitClient
 
 
 def field(reply: dict, name: str) -> str:

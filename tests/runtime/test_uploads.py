@@ -7,8 +7,8 @@ import hashlib
 
 import httpx
 
-from cl_scale.client import ChainlitClient
-from tests.support.servers import http_status
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import http_status
 
 MB = 1024 * 1024
 

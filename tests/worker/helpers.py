@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire.keyspace import Keyspace
 
 KEYS = Keyspace()

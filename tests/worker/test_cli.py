@@ -6,9 +6,9 @@ import asyncio
 import os
 import subprocess
 
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import CL_SCALE, free_port
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.client import ChainlitClient
-from cl_scale.cluster.procs import CL_SCALE, free_port
 from tests.worker.conftest import WORKER_ENV
 from tests.worker.helpers import dlq, raw_publish, signed, started, worker_texts
 

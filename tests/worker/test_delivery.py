@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.worker import Publisher, SyncPublisher
 from tests.worker.helpers import started, worker_texts
 

@@ -6,8 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from cl_scale.client import ChainlitClient
-from cl_scale.cluster.procs import Proc
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import Proc
 from tests.worker.conftest import WORKER_ENV
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "group_chat"

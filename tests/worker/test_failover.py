@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.worker import OutboxFull, Publisher
 from tests.worker.helpers import dlq, offline, shown, started, worker_texts
 

@@ -8,8 +8,8 @@ import sys
 
 import httpx
 
-from cl_scale.client import ChainlitClient
-from cl_scale.cluster.procs import CL_SCALE, Proc, free_port, wait_port
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import CL_SCALE, Proc, free_port, wait_port
 from tests.worker.conftest import WORKER_ENV
 from tests.worker.helpers import started, worker_texts
 
@@ -57,7 +57,7 @@ async def test_gateway_on_instance_delivers_and_refuses_with_json(cluster, worke
                 assert resp.status_code == status, (status, resp.text)
                 assert resp.json()["error"]
             spec = (await http.get(f"{base}/openapi.json")).json()
-            assert spec["openapi"].startswith("3.") and f"/cl-scale/v1/sessions/{{ident}}/messages" in spec["paths"]
+            assert spec["openapi"].startswith("3.") and "/cl-scale/v1/sessions/{ident}/messages" in spec["paths"]
         assert worker_texts(client) == ["w-http", "w-stream"]
     finally:
         await client.close()

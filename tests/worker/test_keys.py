@@ -7,7 +7,6 @@ import pytest
 from cl_scale.errors import UserError
 from cl_scale.runtime.settings import RuntimeSettings
 from cl_scale.worker import parse_keys
-from cl_scale.wire import messages as p
 
 
 def test_keys_scopes_and_redaction(monkeypatch):

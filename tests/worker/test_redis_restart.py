@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 import pytest
+import redis.asyncio as aioredis
 
-from cl_scale.cluster.procs import Proc, find_redis_server, wait_port, free_port
-from cl_scale.worker import BufferFull, Publisher
+from cl_scale.ops.processes import Proc, find_redis_server, free_port, wait_port
 from cl_scale.wire import messages as p
 from cl_scale.wire.keyspace import Keyspace
+from cl_scale.worker import BufferFull, Publisher
 
 
 def durable_redis(tmp, port):

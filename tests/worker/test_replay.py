@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from cl_scale.client import ChainlitClient
-from cl_scale.worker import Publisher
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire import messages as p
+from cl_scale.worker import Publisher
 from tests.worker.helpers import dlq, raw_publish, started
 
 K1 = b"secret-one"

@@ -7,11 +7,10 @@ import asyncio
 import itertools
 import time
 
-from cl_scale.wire.keyspace import Keyspace
-from cl_scale.client import ChainlitClient
-from cl_scale.worker import Publisher
-from cl_scale.wire.keyspace import acl_rules
+from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire import messages as p
+from cl_scale.wire.keyspace import Keyspace, acl_rules
+from cl_scale.worker import Publisher
 from tests.worker.helpers import dlq, raw_publish, worker_texts
 
 ALICE_SID, BOB_SID = "alice-session-0001", "bob-session-00001"
@@ -81,14 +80,12 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
     """The documented ACL users against a real redis-server: an instance runs entirely under the
     ``instance`` role; a ``worker`` user delivers through outboxes but cannot publish on the
     Socket.IO channels (where a raw emit would bypass signing), read chat contexts or delete."""
-    import types
-
     import redis.asyncio as aioredis
     import redis.exceptions
 
+    from cl_scale.ops.processes import RedisServer
     from cl_scale.runtime.api import RedisEmitter
-    from tests.conftest import Cluster
-    from tests.support.servers import RedisServer
+    from cl_scale.ops.cluster import ProcessCluster
 
     server = RedisServer(tmp_path, password="admin-pw").start()
     admin = aioredis.Redis.from_url(server.url)
@@ -98,7 +95,7 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
                                         *acl_rules("clscale", role))
         base = f"127.0.0.1:{server.port}/0"
         instance_url, worker_url = f"redis://clscale-instance:inst-pw@{base}", f"redis://clscale-worker:work-pw@{base}"
-        cluster = Cluster(app_dir, types.SimpleNamespace(url=instance_url), tmp_path)
+        cluster = ProcessCluster(app_dir, tmp_path, redis_url=instance_url)
         try:
             a, b = cluster.start(2, env={"CL_SCALE_WORKER_KEYS": "k1:secret-one"}).instances
             client = ChainlitClient(a.url)

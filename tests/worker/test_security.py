@@ -7,12 +7,13 @@ import json
 import time
 
 import httpx
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cl_scale.client import ChainlitClient
-from cl_scale.worker import Publisher
+from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import http_status
 from cl_scale.wire import messages as p
-from tests.support.servers import http_status
+from cl_scale.worker import Publisher
 from tests.worker.helpers import dlq, raw_publish, signed, started, worker_texts
 
 K1 = b"secret-one"

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import socketio
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 from tests.runtime.test_failover import fields, open_clients, starts
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cl_scale.ops.processes import http_status
 from tests.conftest import DOCTOR_TOKEN
-from tests.support.servers import Nginx, http_status
 
 CL_SCALE = str(Path(sys.executable).with_name("cl-scale"))
 pytestmark = pytest.mark.slow
@@ -46,9 +46,8 @@ def _short_timeouts(files: dict) -> dict:
 
 def test_doctor_fails_clearly_without_stickiness_and_with_short_timeouts(cluster, tmp_path):
     cluster.start(3)
-    upstreams = [f"127.0.0.1:{i.port}" for i in cluster.instances]
-    rr = Nginx(tmp_path / "rr", upstreams, edit=_round_robin).start()
-    short = Nginx(tmp_path / "short", upstreams, edit=_short_timeouts).start()
+    rr = cluster.start_nginx(edit=_round_robin, name="rr")
+    short = cluster.start_nginx(edit=_short_timeouts, name="short")
     try:
         result = doctor(rr.url, "--idle-seconds", "1")
         assert result.returncode == 1
@@ -77,7 +76,7 @@ async def test_probes_and_metrics_are_not_public(cluster):
     import json
     import urllib.request
 
-    from cl_scale.client import ChainlitClient
+    from cl_scale.ops.client import ChainlitClient
 
     cluster.start(2, nginx=True)
     url = cluster.nginx.url

@@ -1,7 +1,7 @@
 """``cl-scale doctor URL``: check a balancer in front of cl-scale instances from the outside.
 
 It only has the URL, so it behaves like several browsers: Chainlit-protocol clients
-(:mod:`cl_scale.client`), bound to distinct ``127.0.N.1`` source addresses when the URL is loopback
+(:mod:`cl_scale.ops.client`), bound to distinct ``127.0.N.1`` source addresses when the URL is loopback
 (so ``ip_hash`` spreads them). Instances name themselves in the ``x-cl-scale-instance`` response
 header, ``POST /cl-scale/doctor/emit`` on an instance emits a harmless event into a session's room
 (through Redis when a peer holds the session) and ``GET /cl-scale/doctor/session`` says which
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from cl_scale.client import ChainlitClient
+from cl_scale.ops.client import ChainlitClient
 
 INSTANCE_HEADER = "x-cl-scale-instance"
 EVENT = "cl-scale:doctor"
@@ -300,8 +300,3 @@ class Doctor:
                                       f"({interval:.0f} s; nginx: proxy_read_timeout, values nginx.readTimeout)")
         finally:
             await self._close(client)
-
-
-async def run_doctor(url: str, report=print, **options) -> bool:
-    checks = await Doctor(url, **options).run(report)
-    return all(c.ok is not False for c in checks)

@@ -1,14 +1,13 @@
 """Stock Chainlit with python-socketio's stock AsyncRedisManager: the baseline users build by hand.
 
-Usage: python -m cl_scale.loadtest.stock_redis_chainlit APP.py   (REDIS_URL, CHAINLIT_PORT in the environment)
+Usage: python -m cl_scale.bench.stock_redis APP.py   (REDIS_URL, CHAINLIT_PORT in the environment)
 """
 
 import os
 import sys
 
-import socketio
-
 import chainlit.server as server  # noqa: E402
+import socketio
 
 manager = socketio.AsyncRedisManager(os.environ["REDIS_URL"])
 server.sio.manager = manager

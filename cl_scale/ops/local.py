@@ -1,6 +1,6 @@
 """``cl-scale up``: Redis + N ``cl-scale run`` instances + nginx on this machine, as one unit.
 
-The supervisor starts the processes (procs.py), records them in ``<state dir>/cluster.json`` so that
+The supervisor starts the processes (``ops.cluster.ProcessCluster``), records them in ``<state dir>/cluster.json`` so that
 ``status`` and ``down`` — possibly from another shell, after ``up --detach`` — find them by PID, and
 stops them all. Every process runs in its own session: Ctrl-C in the terminal reaches only the
 supervisor, which then stops the children itself, in order (nginx, instances, Redis).
@@ -12,18 +12,16 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from cl_scale.cluster.procs import Instance, Nginx, RedisServer, http_status, nginx_binary
 from cl_scale.errors import UserError
+from cl_scale.ops.cluster import ProcessCluster
+from cl_scale.ops.processes import http_status, init_chainlit_files, nginx_binary
 from cl_scale.wire.redis_url import redacted
 
 STATE_FILE = "cluster.json"
@@ -67,15 +65,12 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 class LocalCluster:
-    """Starts, describes and stops one local cluster."""
+    """Starts, describes and stops one local cluster (a ``ProcessCluster`` plus its state directory)."""
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.state_dir = spec.state_dir.resolve()
-        self.redis: RedisServer | None = None
-        self.instances: list[Instance] = []
-        self.nginx: Nginx | None = None
-        self.redis_url = spec.redis_url
+        self.cluster: ProcessCluster | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -96,31 +91,22 @@ class LocalCluster:
     def start(self, progress=lambda text: None) -> dict:
         self.check()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        logs = self.state_dir / "logs"
-        logs.mkdir(exist_ok=True)
         try:
-            if not self.redis_url:
-                progress("starting redis-server")
-                redis_dir = self.state_dir / "redis"
-                redis_dir.mkdir(exist_ok=True)
-                self.redis = RedisServer(redis_dir).start()
-                self.redis_url = self.redis.url
             app_dir, app_name = self._app()
             progress("preparing the app directory")
-            _init_chainlit_files(app_dir)
-            secret = secrets.token_urlsafe(32)  # CHAINLIT_AUTH_SECRET shared by the instances, never printed
-            local = write_local_secrets(self.state_dir, {"CL_SCALE_DOCTOR_TOKEN": secrets.token_urlsafe(24)})
-            env = {"CHAINLIT_AUTH_SECRET": secret, "CL_SCALE_DRAIN_SECONDS": str(self.spec.drain_seconds), **local}
-            for i in range(self.spec.replicas):
-                inst = Instance(app_dir, self.redis_url, f"inst{i + 1}", app=app_name, env=dict(env))
-                inst.log_dir = logs
-                self.instances.append(_start_instance(inst, logs))
-            for inst in self.instances:
-                progress(f"waiting for {inst.name} on port {inst.port}")
-                inst.wait_ready(timeout=90)
-            progress(f"starting nginx on port {self.spec.port}")
-            self.nginx = Nginx(self.state_dir / "nginx", [f"127.0.0.1:{i.port}" for i in self.instances],
-                               self.spec.sticky, port=self.spec.port).start()
+            init_chainlit_files(app_dir)
+            # Commands run next to the cluster (send, dlq, gateway, doctor) find these in the state
+            # directory: a development worker key (unless CL_SCALE_WORKER_KEYS is set), the doctor
+            # token and the Redis URL. Readable by the owner only; never printed.
+            keys = os.environ.get("CL_SCALE_WORKER_KEYS") or f"dev:{secrets.token_urlsafe(24)}"
+            local = {"CL_SCALE_WORKER_KEYS": keys, "CL_SCALE_DOCTOR_TOKEN": secrets.token_urlsafe(24)}
+            self.cluster = ProcessCluster(app_dir, self.state_dir, redis_url=self.spec.redis_url,
+                                          env={"CL_SCALE_DRAIN_SECONDS": str(self.spec.drain_seconds), **local})
+            if not self.spec.redis_url:
+                progress("starting redis-server")
+            write_local_secrets(self.state_dir, {**local, "CL_SCALE_REDIS_URL": self.cluster.start_redis()})
+            self.cluster.start(self.spec.replicas, app=app_name, nginx=True, sticky=self.spec.sticky,
+                               nginx_port=self.spec.port, progress=progress)
         except BaseException:
             self.stop()
             raise
@@ -139,48 +125,26 @@ class LocalCluster:
         return app_dir, "app.py"
 
     def state(self) -> dict:
+        c = self.cluster
+        redis = c.redis if c.owns_redis else None
         return {
             "url": f"http://127.0.0.1:{self.spec.port}",
             "state_dir": str(self.state_dir),
             "app": str(self.spec.app.resolve()) if self.spec.app else "bundled demo app",
-            "redis": {"url": redacted(self.redis_url or ""), "pid": self.redis.proc.pid if self.redis else None,
-                      "port": self.redis.port if self.redis else None, "managed": self.redis is not None},
-            "nginx": {"pid": self.nginx.proc.pid if self.nginx and self.nginx.proc else None,
+            "redis": {"url": redacted(c.redis_url or ""), "pid": redis.proc.pid if redis else None,
+                      "port": redis.port if redis else None, "managed": redis is not None},
+            "nginx": {"pid": c.nginx.proc.pid if c.nginx and c.nginx.proc else None,
                       "port": self.spec.port, "prefix": str(self.state_dir / "nginx")},
             "instances": [{"name": i.name, "pid": i.proc.pid, "port": i.port, "url": i.url,
-                           "log": str(self.state_dir / "logs" / f"{i.name}.log")} for i in self.instances],
+                           "log": str(i.log_dir / f"{i.name}.log")} for i in c.instances],
         }
 
     # -- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.nginx:
-            self.nginx.stop()
-        for inst in self.instances:
-            inst.stop()  # SIGTERM: each instance drains, then exits (bounded wait, then SIGKILL)
-        if self.redis:
-            self.redis.stop()
-        state_file = self.state_dir / STATE_FILE
-        if state_file.exists():
-            state_file.unlink()
-
-
-def _start_instance(inst: Instance, logs: Path) -> Instance:
-    """Like ``Instance.start`` but with the log under the cluster's logs/ directory."""
-    from cl_scale.cluster.procs import CL_SCALE, Proc
-
-    # The Redis URL goes by environment, never argv (which any local user can read with ps).
-    cmd = [CL_SCALE, "run", inst.app, "--port", str(inst.port), "--instance-id", inst.name]
-    inst.proc = Proc(cmd, env={"CL_SCALE_INSTANCE_ID": inst.name, "CL_SCALE_REDIS_URL": inst.redis_url,
-                               "PYTHONUNBUFFERED": "1", **inst.env},
-                     cwd=str(inst.app_dir), log_path=logs / f"{inst.name}.log").start()
-    return inst
-
-
-def _init_chainlit_files(app_dir: Path) -> None:
-    """Chainlit writes .chainlit/ and chainlit.md at start; do it once so N instances do not race."""
-    subprocess.run([sys.executable, "-c", "import chainlit.config, chainlit.markdown as m; "
-                    "m.init_markdown(chainlit.config.config.root)"],
-                   cwd=app_dir, check=False, capture_output=True, timeout=120)
+        """Every process (instances drain first), then the state file."""
+        if self.cluster is not None:
+            self.cluster.stop(drain=True)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
 
 # -- local secrets: what commands run next to the cluster (doctor, send) need ------------------------
@@ -197,12 +161,9 @@ def write_local_secrets(state_dir: Path, values: dict[str, str]) -> dict[str, st
 
 
 def local_secret(state_dir: Path, name: str) -> str | None:
-    path = Path(state_dir) / SECRETS_FILE
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.partition("=")[2] for line in lines if line.partition("=")[0] == name), None) or None
+    from cl_scale.worker.settings import local_secrets
+
+    return local_secrets(state_dir).get(name)
 
 
 # -- state file: status / down from any shell ------------------------------------------------------

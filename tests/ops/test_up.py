@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cl_scale.cluster.local import _pid_alive
-from cl_scale.cluster.procs import free_port, http_status
+from cl_scale.ops.local import _pid_alive
+from cl_scale.ops.processes import free_port, http_status
 
 CL_SCALE = str(Path(sys.executable).with_name("cl-scale"))
 pytestmark = pytest.mark.slow

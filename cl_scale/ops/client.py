@@ -1,9 +1,10 @@
-"""A Socket.IO client that speaks Chainlit's protocol, as the browser does.
+"""The Chainlit client (asyncio): speaks Chainlit's protocol (``ops.protocol``) as the browser does.
 
 Handshake: POST ``/set-session-cookie``, connect to ``/ws/socket.io`` with Chainlit's ``auth``,
-emit ``connection_successful`` after every (re)connect. Used by the tests, ``cl-scale doctor`` and
-the benchmarks. ``source_address`` binds the client to a loopback address so ``ip_hash`` spreads
-clients over instances.
+emit ``connection_successful`` after every (re)connect; reconnects by itself with backoff. Used by
+``cl-scale doctor``, the benchmark and the tests. ``source_address`` binds the client to a loopback
+address so ``ip_hash`` spreads clients over instances; ``http`` shares one aiohttp session among
+many clients (thousands of idle sockets in the capacity benchmark).
 """
 
 from __future__ import annotations
@@ -12,20 +13,18 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import datetime, timezone
 
 import aiohttp
 import socketio
 
-CHAINLIT_EVENTS = ("new_message", "update_message", "stream_start", "stream_token", "task_start",
-                   "task_end", "delete_message", "ask", "clear_ask", "first_interaction", "cl-scale")
+from cl_scale.ops import protocol
 
 
 class ChainlitClient:
     def __init__(self, url: str, session_id: str | None = None, *, thread_id: str | None = None,
                  source_address: str | None = None, transports=("websocket",), cookies: dict | None = None,
                  reconnection: bool = True, client_type: str = "webapp", trace_configs: list | None = None,
-                 headers: dict | None = None):
+                 headers: dict | None = None, http: aiohttp.ClientSession | None = None):
         self.url = url.rstrip("/")
         self.trace_configs = trace_configs  # aiohttp request tracing (doctor reads response headers)
         self.headers = dict(headers or {})  # sent on every request (e.g. the header a balancer hashes)
@@ -39,12 +38,15 @@ class ChainlitClient:
         self.counts: dict[str, int] = {}  # per event name, for O(1) wait predicates on hot streams
         self.connects = 0
         self._changed = asyncio.Event()
-        self._http: aiohttp.ClientSession | None = None
+        self._http: aiohttp.ClientSession | None = http
+        self._own_http = http is None
         self.sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.2,
                                         reconnection_delay_max=1.0, randomization_factor=0.2)
         self.sio.on("connect", self._on_connect)
         self.sio.on("*", self._on_any)
         self.ask_answer = None  # callable(ask_payload) -> answer dict for AskUserMessage
+        #: Called with (event, data) for every event, as it arrives (benchmarks time arrivals here).
+        self.listeners: list = []
 
     # -- connection -------------------------------------------------------------------------------
     def _session(self) -> aiohttp.ClientSession:
@@ -59,14 +61,13 @@ class ChainlitClient:
 
     async def connect(self, timeout: float = 10.0) -> None:
         http = self._session()
-        async with http.post(f"{self.url}/set-session-cookie", json={"session_id": self.session_id},
+        async with http.post(f"{self.url}{protocol.SET_COOKIE_PATH}", json={"session_id": self.session_id},
                              cookies=self.cookies) as resp:
             resp.raise_for_status()
         self.sio.eio.http = http
         self.sio.eio.external_http = True
-        cookie = "; ".join(f"{k}={v}" for k, v in {**self.cookies,
-                                                    "X-Chainlit-Session-id": self.session_id}.items())
-        await self.sio.connect(self.url, socketio_path="/ws/socket.io", transports=self.transports,
+        cookie = "; ".join(f"{k}={v}" for k, v in {**self.cookies, protocol.SESSION_COOKIE: self.session_id}.items())
+        await self.sio.connect(self.url, socketio_path=protocol.SOCKETIO_PATH, transports=self.transports,
                                headers={"Cookie": cookie}, auth=self.auth, wait_timeout=timeout)
         await self.wait_for(lambda: self.connects >= 1, timeout)
 
@@ -79,8 +80,7 @@ class ChainlitClient:
 
     @property
     def auth(self) -> dict:
-        return {"clientType": self.client_type, "sessionId": self.session_id, "threadId": self.thread_id,
-                "userEnv": "{}", "chatProfile": None}
+        return protocol.auth(self.session_id, thread_id=self.thread_id, client_type=self.client_type)
 
     async def _on_connect(self):
         self.connects += 1
@@ -88,6 +88,8 @@ class ChainlitClient:
         await self.sio.emit("connection_successful")
 
     async def _on_any(self, event, data=None):
+        for listener in self.listeners:
+            listener(event, data)
         self.events.append((time.monotonic(), event, data))
         self.counts[event] = self.counts.get(event, 0) + 1
         self._notify()
@@ -103,22 +105,18 @@ class ChainlitClient:
         try:
             await self.sio.disconnect()
         finally:
-            if self._http is not None:
+            if self._http is not None and self._own_http:
                 await self._http.close()
 
     # -- chat -------------------------------------------------------------------------------------
     async def send(self, text: str) -> str:
-        message_id = str(uuid.uuid4())
-        await self.sio.emit("client_message", {"message": {
-            "id": message_id, "threadId": self.thread_id or "", "output": text, "name": "User",
-            "type": "user_message", "createdAt": datetime.now(timezone.utc).isoformat()}, "fileReferences": []})
+        message_id, payload = protocol.user_message(text, thread_id=self.thread_id)
+        await self.sio.emit("client_message", payload)
         return message_id
 
     async def send_with_files(self, text: str, file_refs: list[dict]) -> str:
-        message_id = str(uuid.uuid4())
-        await self.sio.emit("client_message", {"message": {
-            "id": message_id, "output": text, "name": "User", "type": "user_message",
-            "createdAt": datetime.now(timezone.utc).isoformat()}, "fileReferences": file_refs})
+        message_id, payload = protocol.user_message(text, thread_id=self.thread_id, files=file_refs)
+        await self.sio.emit("client_message", payload)
         return message_id
 
     def messages(self, since: int = 0) -> list[dict]:

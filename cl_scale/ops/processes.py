@@ -1,7 +1,8 @@
-"""Processes a local cluster is made of: redis-server, ``cl-scale run`` instances, nginx.
+"""The processes a local cluster is made of: redis-server, ``cl-scale run`` instances, nginx.
 
-Shared by ``cl-scale up``, the benchmarks and the tests. Each server gets an ephemeral loopback port
-(unless given one), runs in its own process group, and is stopped by PID with bounded waits.
+One copy, used by ``cl-scale up``, the benchmark and the tests (through ``ops.cluster``). Each server
+gets an ephemeral loopback port (unless given one), runs in its own session (process group), and
+is stopped by PID with bounded waits.
 """
 
 from __future__ import annotations
@@ -139,7 +140,11 @@ class RedisServer:
         if self.password:
             cmd += ["--requirepass", self.password]
         self.proc = Proc(cmd, log_path=self.tmp / f"redis-{self.port}.log").start()
-        wait_port(self.port, 10)
+        try:
+            wait_port(self.port, 10)
+        except BaseException:  # interrupted or failed while starting: leave nothing behind
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -147,33 +152,43 @@ class RedisServer:
             self.proc.stop()
 
 
-class Instance:
-    """One ``cl-scale run`` process (real Chainlit)."""
+def init_chainlit_files(app_dir: Path) -> None:
+    """Chainlit writes ``.chainlit/`` and ``chainlit.md`` at start; do it once, so N instances
+    starting together do not race to create them."""
+    subprocess.run([sys.executable, "-c", "import chainlit.config, chainlit.markdown as m; "
+                    "m.init_markdown(chainlit.config.config.root)"],
+                   cwd=app_dir, check=False, capture_output=True, timeout=120)
+
+
+class InstanceProcess:
+    """One ``cl-scale run`` process (real Chainlit), or another server with the same lifecycle
+    (``command``: stock ``chainlit run`` in the benchmark)."""
 
     def __init__(self, app_dir: Path, redis_url: str, name: str, port: int | None = None,
-                 app: str = "app.py", env: dict | None = None, command: list[str] | None = None):
+                 app: str = "app.py", env: dict | None = None, command: list[str] | None = None,
+                 log_dir: Path | None = None, ready_path: str = "/readyz"):
         self.app_dir, self.redis_url, self.name, self.app = app_dir, redis_url, name, app
         self.port = port or free_port()
         self.env = env or {}
-        #: Override to run something else with the same lifecycle (stock ``chainlit run`` in benchmarks).
         self.command = command
+        self.log_dir = log_dir or app_dir
+        self.ready_path = ready_path
         self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Instance":
+    def start(self) -> "InstanceProcess":
         # The Redis URL goes by environment, never argv (which any local user can read with ps).
         cmd = self.command or [CL_SCALE, "run", self.app, "--port", str(self.port), "--instance-id", self.name]
-        self.proc = Proc(cmd,
-                         env={"CL_SCALE_INSTANCE_ID": self.name, "CL_SCALE_REDIS_URL": self.redis_url,
-                              "CHAINLIT_AUTH_SECRET": "test-secret-" + "x" * 32,
-                              "PYTHONUNBUFFERED": "1", **self.env},
-                         cwd=str(self.app_dir), log_path=self.app_dir / f"{self.name}.log").start()
+        self.proc = Proc(cmd, env={"CL_SCALE_INSTANCE_ID": self.name, "CL_SCALE_REDIS_URL": self.redis_url,
+                                   "PYTHONUNBUFFERED": "1", **self.env},
+                         cwd=str(self.app_dir), log_path=self.log_dir / f"{self.name}.log").start()
         return self
 
-    def wait_ready(self, timeout: float = 45.0, path: str = "/readyz") -> "Instance":
+    def wait_ready(self, timeout: float = 45.0, path: str | None = None) -> "InstanceProcess":
+        path = path or self.ready_path
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.proc.alive():
@@ -192,7 +207,7 @@ class Instance:
             self.proc.kill()
 
 
-class Nginx:
+class NginxProcess:
     """nginx from cl-scale's own rendered config, unprivileged, in the foreground."""
 
     def __init__(self, prefix: Path, upstreams: list[str], sticky: str = "ip_hash", port: int | None = None,
@@ -207,7 +222,7 @@ class Nginx:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Nginx":
+    def start(self) -> "NginxProcess":
         from cl_scale.config.loader import load_values
         from cl_scale.render import nginx
 
@@ -223,7 +238,11 @@ class Nginx:
         binary = nginx_binary()
         self.proc = Proc([binary, "-p", str(self.prefix), "-c", "nginx.conf"],
                          log_path=self.prefix / "nginx.stdout.log").start()
-        wait_port(self.port, 10)
+        try:
+            wait_port(self.port, 10)
+        except BaseException:  # interrupted or failed while starting: leave nothing behind
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -1,9 +1,10 @@
-"""Load-test app: an unmodified Chainlit app that echoes and streams.
+"""Benchmark and load-test app: an unmodified Chainlit app that echoes and streams (it runs under
+stock ``chainlit run`` as well as ``cl-scale run``: no cl-scale import).
 
 ``echo`` any text -> ``echo=<text> instance=<id>``; ``stream N`` -> N streamed tokens ``t0 t1 ...``.
 Worker pushes (``cl-scale send``, the SDK) need nothing here: cl-scale delivers them.
 
-    cl-scale run app.py        (``loadtest/app.py`` in the repository imports this module)
+    cl-scale up $(python -c "import cl_scale.bench.apps.echo as m; print(m.__file__)")
 """
 
 import os
