@@ -55,12 +55,15 @@ class _Tracer:
     """Records which instance answered each HTTP request of one client."""
 
     seen: list[tuple[str, int]] = field(default_factory=list)
+    split: asyncio.Event = field(default_factory=asyncio.Event)  # a second instance answered
 
     def config(self) -> aiohttp.TraceConfig:
         trace = aiohttp.TraceConfig()
 
         async def on_end(_session, _ctx, params):
             self.seen.append((params.response.headers.get(INSTANCE_HEADER, ""), params.response.status))
+            if len(self.instances) > 1:
+                self.split.set()
 
         trace.on_request_end.append(on_end)
         return trace
@@ -68,6 +71,19 @@ class _Tracer:
     @property
     def instances(self) -> list[str]:
         return sorted({name for name, _ in self.seen if name})
+
+
+async def _until_split(tracer: _Tracer, work, timeout: float) -> None:
+    """Run ``work`` unless the tracer sees a second instance first (then stop waiting)."""
+    task = asyncio.ensure_future(work)
+    split = asyncio.ensure_future(tracer.split.wait())
+    try:
+        done, _ = await asyncio.wait({task, split}, timeout=timeout * 2, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+    finally:
+        for pending in (task, split):
+            pending.cancel()
 
 
 class Doctor:
@@ -190,14 +206,15 @@ class Doctor:
             tracers.append(tracer)
             client = self._client(source, transports=("polling",), tracer=tracer)
             try:
-                await client.connect(timeout=self.timeout)
                 # A round trip through the long-poll: the instance emits, the next GET carries it.
-                answer, nonce = await self._probe(source, client.session_id)
-                await client.wait_for(lambda c=client, n=nonce: self._got(c, n), self.timeout)
+                # Stop as soon as two instances answered one client: that is the verdict.
+                await _until_split(tracer, self._poll_round_trip(client, source), self.timeout)
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}".split("\n")[0][:160])
             finally:
                 await self._close(client)
+            if len(tracer.instances) > 1:
+                break
         split = [t.instances for t in tracers if len(t.instances) > 1]
         rejected = sum(1 for t in tracers for _, status in t.seen if status == 400)
         if split:
@@ -211,6 +228,11 @@ class Doctor:
             return Check(name, True, "polling sessions held (no instance header to show where)")
         return Check(name, True, f"every polling client stayed on one instance; {len(tracers)} clients "
                                  f"spread over {', '.join(placed)}")
+
+    async def _poll_round_trip(self, client: ChainlitClient, source) -> None:
+        await client.connect(timeout=self.timeout)
+        answer, nonce = await self._probe(source, client.session_id)
+        await client.wait_for(lambda c=client, n=nonce: self._got(c, n), self.timeout)
 
     async def check_websocket(self) -> Check:
         client = await self._connected(self.sources[0])

@@ -83,9 +83,9 @@ async def test_redis_acl_roles_worker_reaches_chats_but_cannot_emit_or_read(app_
     import redis.asyncio as aioredis
     import redis.exceptions
 
+    from cl_scale.ops.cluster import ProcessCluster
     from cl_scale.ops.processes import RedisServer
     from cl_scale.runtime.api import RedisEmitter
-    from cl_scale.ops.cluster import ProcessCluster
 
     server = RedisServer(tmp_path, password="admin-pw").start()
     admin = aioredis.Redis.from_url(server.url)
