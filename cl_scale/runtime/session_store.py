@@ -58,12 +58,14 @@ class SessionStore:
             log.error("session %s: unreadable record ignored: %s", session_id, exc)
             return None
 
-    async def save(self, session_id: str, record: SessionRecord, *, claim: bool = False,
+    async def save(self, session_id: str, record: SessionRecord, *, claim: bool = False, expected_owner: str = "",
                    upserts: dict[str, str] | None = None, removed=None, reset_context: bool = False) -> bool:
-        """Write the record and the changed chat-context entries if this instance owns the session (or
-        ``claim``s it). Raises NotOwner when a peer owns it; returns False when Redis is unreachable."""
+        """Write the record and the changed chat-context entries if this instance owns the session, or
+        ``claim`` it from ``expected_owner`` (the owner it loaded; "" = there was none). Raises NotOwner
+        when a peer owns it (or won the claim); returns False when Redis is unreachable."""
         keys, args = scripts.session_save(self.keys, session_id, record, ttl=self.ttl, claim=claim,
-                                          reset_context=reset_context, upserts=upserts or {}, removed=removed)
+                                          reset_context=reset_context, upserts=upserts or {}, removed=removed,
+                                          expected_owner=expected_owner)
         try:
             async with asyncio.timeout(self.timeout):
                 ok = await self._save(keys=keys, args=args)

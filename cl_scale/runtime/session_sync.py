@@ -192,10 +192,13 @@ class SessionSync:
             self._again.discard(session_id)
             self.schedule(session_id)
 
-    async def save(self, session, *, connected: bool | None = None, claim: bool = False) -> None:
-        """Write the session now. ``connected`` defaults to the socket's real state: a write that lands
-        after a disconnect (a scheduled save, a worker batch) must not mark the session connected
-        again. ``claim`` takes the session over from whichever instance owned it."""
+    async def save(self, session, *, connected: bool | None = None, claim: bool = False,
+                   expected_owner: str = "") -> str:
+        """Write the session now: ``"saved"``, ``"unavailable"`` (Redis did not answer; rewritten next
+        time) or ``"lost"`` (a peer owns it: ``on_lost`` ran). ``connected`` defaults to the socket's real
+        state: a write that lands after a disconnect (a scheduled save, a worker batch) must not mark
+        the session connected again. ``claim`` takes the session over from ``expected_owner`` (the
+        owner the restore loaded), only if that is still the owner."""
         if connected is None:
             connected = self.state.connected(session)
         lock = self._locks.setdefault(session.id, asyncio.Lock())
@@ -220,20 +223,25 @@ class SessionSync:
             user, thread = self.state.identity(session)
             record = SessionRecord(owner=self.store.instance_id, socket=session.socket_id or "", connected=connected,
                                    user=user, thread=thread, snapshot=self.state.snapshot(session))
+            outcome = "saved"
             try:
-                if not await self.store.save(session.id, record, claim=claim, upserts=upserts, removed=removed,
-                                             reset_context=reset):
+                if not await self.store.save(session.id, record, claim=claim, expected_owner=expected_owner,
+                                             upserts=upserts, removed=removed, reset_context=reset):
+                    outcome = "unavailable"
                     changes.reset = True  # Redis was unreachable: rewrite everything next time
                     self._dirty.add(session.id)
             except NotOwner:
                 log.info("session %s is owned by a peer now; dropping the local copy", session.id)
+                outcome = "lost"
                 self.on_lost(session)
             except Exception:
+                outcome = "unavailable"
                 metrics.STORE_ERRORS.inc()
                 log.exception("session %s: snapshot failed", session.id)
         if not connected:
             self._locks.pop(session.id, None)
             self._changes.pop(session.id, None)
+        return outcome
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _context_changes(self, session_id: str) -> ContextChanges:

@@ -19,15 +19,20 @@ def _lua(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- sessions
-# Write a session if this instance owns it (or claims it). KEYS: session, context.
-# ARGV: owner, force (0/1), ttl, reset context (0/1), n fields, then n (field, value) pairs of the
-# record, m upserts, then m (message id, json) pairs, then message ids to delete.
-# Returns 0 when a peer owns the session (the local copy is stale), 1 when written.
+# Write a session if this instance owns it, or claim it. KEYS: session, context.
+# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected owner, n fields, then n (field, value)
+# pairs of the record, m upserts, then m (message id, json) pairs, then message ids to delete.
+# A claim is a compare-and-set: it succeeds only if the owner is still the one the claimer loaded
+# (``expected owner``; empty: there was no record), so of two instances restoring one session at
+# once (a client that retried its handshake) exactly one wins, and the other refuses its handshake.
+# Returns 0 when a peer owns the session (the local copy is stale, or the claim lost), 1 when written.
 SESSION_SAVE = """
 local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur and cur ~= ARGV[1] and ARGV[2] ~= '1' then return 0 end
-local nf = tonumber(ARGV[5])
-local at = 6
+if cur and cur ~= ARGV[1] then
+  if ARGV[2] ~= '1' or cur ~= ARGV[5] then return 0 end
+end
+local nf = tonumber(ARGV[6])
+local at = 7
 for i = 0, nf - 1 do redis.call('HSET', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1]) end
 at = at + 2 * nf
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -42,9 +47,10 @@ return 1
 
 
 def session_save(ks: Keyspace, session_id: str, record: SessionRecord, *, ttl: int, claim: bool,
-                 reset_context: bool, upserts: dict[str, str], removed) -> tuple[list, list]:
+                 reset_context: bool, upserts: dict[str, str], removed, expected_owner: str = "") -> tuple[list, list]:
     record_fields = record.fields()
-    args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0", len(record_fields)]
+    args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0", expected_owner,
+                  len(record_fields)]
     for name, value in record_fields.items():
         args += [name, value]
     args.append(len(upserts))

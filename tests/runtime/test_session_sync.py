@@ -158,7 +158,8 @@ async def test_a_peer_claim_makes_the_local_copy_lost_and_release_forgets_everyt
     await sync.save(session)
     peer_state, peer_store, peer = make(r, owner="inst-b")
     peer_state.sessions["s1"] = Session("s1", socket_id="sock-2")
-    await peer.save(peer_state.sessions["s1"], claim=True)
+    assert await peer.save(peer_state.sessions["s1"], claim=True, expected_owner="inst-b") == "lost"  # stale view
+    assert await peer.save(peer_state.sessions["s1"], claim=True, expected_owner="inst-a") == "saved"
     state.values["s1"] = {"stale": True}
     sync.changed("s1", "set")
     await _settled(sync)

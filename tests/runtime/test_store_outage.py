@@ -65,3 +65,33 @@ async def test_redis_stall_longer_than_the_handshake_wait_drops_the_transport_an
     finally:
         await client.close()
         await admin.aclose()
+
+
+async def test_two_handshakes_restoring_one_session_at_once_leave_one_owner_and_a_working_chat(cluster):
+    """A client that retried its handshake may reach two instances at once. Claims are a compare-and-
+    set on the owner each restore loaded: one wins; the other refuses its handshake, and whichever
+    socket survives has its session (a socket without one would answer nothing, forever)."""
+    import asyncio
+
+    a, b, c = cluster.start(3).instances
+    first = ChainlitClient(a.url, reconnection=False)
+    await first.connect()
+    await first.wait_for(lambda: any("started on" in str(m.get("output")) for m in first.messages()), 15)
+    await first.ask("m0", contains="count=")
+    await first.close()
+    twins = [ChainlitClient(inst.url, session_id=first.session_id, reconnection=False) for inst in (b, c)]
+    results = await asyncio.gather(*(t.connect(timeout=5) for t in twins), return_exceptions=True)
+    connected = [t for t, r in zip(twins, results) if r is None and t.sio.connected]
+    assert connected, results
+    admin = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        for t in connected:  # every socket still open has its session and answers
+            if t.sio.connected:
+                reply = await t.ask("still here", contains="count=", timeout=15)
+                assert field(reply, "thread") and int(field(reply, "count")) >= 2
+        owner = (await admin.hget(Keyspace().session(first.session_id), "owner")).decode()
+        assert owner in (b.name, c.name)
+    finally:
+        for t in twins:
+            await t.close()
+        await admin.aclose()

@@ -78,9 +78,9 @@ def _record(owner: str, text: str = "v") -> SessionRecord:
                          snapshot={"id": SID, "thread_id": "t1", "user_session": {"k": text}})
 
 
-async def _save(r, record, *, claim=False, upserts=None, removed=(), reset=False):
+async def _save(r, record, *, claim=False, upserts=None, removed=(), reset=False, expected=""):
     keys, args = scripts.session_save(KS, SID, record, ttl=60, claim=claim, reset_context=reset,
-                                      upserts=upserts or {}, removed=removed)
+                                      upserts=upserts or {}, removed=removed, expected_owner=expected)
     return await r.register_script(scripts.SESSION_SAVE)(keys=keys, args=args)
 
 
@@ -92,7 +92,11 @@ async def test_session_save_checks_ownership_writes_incrementally_and_expires(r)
     assert await r.hlen(KS.context(SID)) == 2  # incremental: m1 kept, m2 added
     assert await _save(r, _record("a"), removed=["m1"]) == 1
     assert await r.hkeys(KS.context(SID)) == [b"m2"]
-    assert await _save(r, _record("b", "moved"), claim=True, reset=True) == 1  # a failover claims it
+    # A claim is a compare-and-set on the owner the claimer loaded: a stale one loses.
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="someone-else") == 0
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="") == 0
+    assert await _save(r, _record("b", "moved"), claim=True, reset=True, expected="a") == 1  # a failover claims it
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="a") == 0  # b won already
     stored = SessionRecord.from_redis(await r.hgetall(KS.session(SID)), await r.hgetall(KS.context(SID)))
     assert (stored.owner, stored.user, stored.thread, stored.snapshot["user_session"]) == ("b", "alice", "t1",
                                                                                           {"k": "moved"})

@@ -198,12 +198,21 @@ class ChainlitHooks:
         session = self.state.session(session_id)
         if session is None or accepted is False:
             return accepted
+        if not compat.transport_open(self.sio, sid):  # the client left while Chainlit connected it
+            self.forget(session)
+            return False
+        # Take the session over, if it is still what we loaded (a compare-and-set on the owner): of
+        # two handshakes restoring one session at once, one wins; the other refuses its handshake.
+        claimed = await self.sync.save(session, claim=True, connected=True,
+                                       expected_owner=record.owner if record else "")
+        if claimed == "lost":
+            await compat.drop_transport(self.sio, sid)
+            return False
         if restored is not None:
             self._restored.add(session_id)
             metrics.RESTORED.inc()
             log.info("session %s restored from Redis (was on %s)", session_id, record.owner)
         await self.join_rooms(sid, session)
-        await self.sync.save(session, claim=True, connected=True)  # accepted; python-socketio still calls it pending
         return accepted
 
     async def _load_for_handshake(self, sid: str, session_id: str):
@@ -264,7 +273,12 @@ class ChainlitHooks:
 
     # -- leaving ------------------------------------------------------------------------------------
     def forget(self, session) -> None:
-        """Drop a session from this process without running app callbacks (it lives elsewhere)."""
+        """Drop a session from this process without running app callbacks (it lives elsewhere). If
+        its socket is still connected here, that socket is dropped too: left in place it would be a
+        socket without a session, and the client would never reconnect to where its session is."""
+        sid = getattr(session, "socket_id", None)
+        if sid and self.state.connected(session):
+            asyncio.get_running_loop().create_task(compat.drop_transport(self.sio, sid))
         self.state.forget(session)
         self.release(session.id)
 
