@@ -64,8 +64,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # click usage errors (typer vendors click): one line, exit 2
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"error: {message[:300]}", err=True)
             sys.exit(2)
         raise
 

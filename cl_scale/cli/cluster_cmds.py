@@ -85,21 +85,31 @@ def _watch(cluster, state: dict) -> None:
         typer.echo("cl-scale: stopped", err=True)
 
 
+COLUMNS = ["process", "pid", "port", "state", "sessions"]
+
+
+def _rows(info: dict) -> list[list[str]]:
+    nginx = info["nginx"]
+    rows = [["nginx", str(nginx["pid"]), str(nginx["port"]), "up" if nginx["alive"] else "DOWN", ""]]
+    for inst in info["instances"]:
+        state = "ready" if inst["ready"] else ("not ready" if inst["alive"] else "DOWN")
+        rows.append([inst["name"], str(inst["pid"]), str(inst["port"]), state,
+                     "" if inst["sessions"] is None else str(inst["sessions"])])
+    redis = info["redis"]
+    rows.append(["redis", str(redis.get("pid") or "-"), str(redis.get("port") or "-"),
+                 {True: "up", False: "DOWN", None: "external"}[redis["alive"]], ""])
+    return rows
+
+
 def _table(info: dict):
+    """The live view of a foreground cluster (rich)."""
     from rich.table import Table
 
     table = Table(title=f"cl-scale cluster — {info['url']}  (Ctrl-C stops)")
-    for column in ("process", "pid", "port", "state", "sessions"):
+    for column in COLUMNS:
         table.add_column(column)
-    nginx = info["nginx"]
-    table.add_row("nginx", str(nginx["pid"]), str(nginx["port"]), "up" if nginx["alive"] else "DOWN", "")
-    for inst in info["instances"]:
-        state = "ready" if inst["ready"] else ("not ready" if inst["alive"] else "DOWN")
-        table.add_row(inst["name"], str(inst["pid"]), str(inst["port"]), state,
-                      "" if inst["sessions"] is None else str(inst["sessions"]))
-    redis = info["redis"]
-    table.add_row("redis", str(redis.get("pid") or "-"), str(redis.get("port") or "-"),
-                  {True: "up", False: "DOWN", None: "external"}[redis["alive"]], "")
+    for row in _rows(info):
+        table.add_row(*row)
     return table
 
 
@@ -127,9 +137,9 @@ def status_cmd(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
-        from rich.console import Console
+        from cl_scale.cli.tables import show
 
-        Console().print(_table(info))
+        show(f"cl-scale cluster — {info['url']}", COLUMNS, _rows(info))
     if not info["healthy"]:
         raise typer.Exit(1)
 

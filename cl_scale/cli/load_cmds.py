@@ -37,31 +37,41 @@ def loadtest_cmd(
     stream_tokens: int = typer.Option(200, help="Tokens per streamed reply (stream scenario)."),
     spread: int = typer.Option(0, help="Bind users to 127.0.N.1, N=1..SPREAD, so nginx ip_hash spreads "
                                "loopback clients (local clusters only)."),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url", envvar="CL_SCALE_REDIS_URL",
+    redis_url: Optional[str] = typer.Option(None, "--redis-url",
                                             help="Redis of the cluster (push scenario)."),
-    worker_key: Optional[str] = typer.Option(None, "--worker-key", envvar="CL_SCALE_WORKER_KEY",
+    worker_key: Optional[str] = typer.Option(None, "--worker-key",
                                              help="KID:SECRET accepted by the instances (push scenario)."),
     storm_period: float = typer.Option(10.0, help="Seconds between reconnect storms (reconnect scenario)."),
     locustfile: Optional[Path] = typer.Option(None, help="Your own locustfile instead of the built-in user."),
 ) -> None:
-    from rich.console import Console
-
-    from cl_scale.loadtest.runner import run_locust, summary_table
+    from cl_scale.cli.tables import show
+    from cl_scale.loadtest.runner import SUMMARY_COLUMNS, run_locust, summary_rows
 
     if stream_tokens < 1:
         raise UserError(f"--stream-tokens {stream_tokens}: must be at least 1")
     if storm_period <= 0:
         raise UserError(f"--storm-period {storm_period}: must be positive")
-    console = Console()
-    console.print(f"locust: {users} users, +{spawn_rate}/s, {run_time}, scenario {scenario} -> {url}")
+    if scenario in ("push", "all") and not (redis_url and worker_key):
+        # Next to a `cl-scale up` cluster, its Redis and development key are used.
+        from cl_scale.worker.settings import WorkerSettings
+
+        settings = WorkerSettings.from_env(redis_url=redis_url)
+        redis_url = settings.redis_url
+        if not worker_key and settings.key is not None:
+            worker_key = f"{settings.key.kid}:{settings.key.secret.decode()}"
+    if scenario == "all":
+        typer.echo("scenario all: chat and reconnect work with any app; stream needs one answering 'stream N' "
+                   "with N streamed tokens (cl_scale/bench/apps/echo.py); push signs with the worker key and "
+                   "Redis below.", err=True)
+    typer.echo(f"locust: {users} users, +{spawn_rate}/s, {run_time}, scenario {scenario} -> {url}")
     result = run_locust(url, users=users, spawn_rate=spawn_rate, run_time=run_time, scenario=scenario, out_dir=out,
                         locustfile=locustfile, stream_tokens=stream_tokens, spread=spread, redis_url=redis_url or "",
                         worker_key=worker_key or "", storm_period=storm_period)
     if result.rows or result.aggregated:
-        console.print(summary_table(result))
+        show("cl-scale loadtest", SUMMARY_COLUMNS, summary_rows(result), bold_last=bool(result.aggregated))
     for failure in result.failures[:10]:
-        console.print(f"[red]failure[/red] {failure.get('Name')}: {failure.get('Error')} x{failure.get('Occurrences')}")
-    console.print(f"report: {result.html}  csv: {result.csv_prefix}_stats.csv")
+        typer.echo(f"failure {failure.get('Name')}: {failure.get('Error')} x{failure.get('Occurrences')}")
+    typer.echo(f"report: {result.html}  csv: {result.csv_prefix}_stats.csv")
     if not result.ok:
         why = (f"{result.total_failures} of {result.total_requests} requests failed" if result.total_requests
                else f"no requests completed (locust exit {result.returncode}; log: {out / 'locust.log'})")

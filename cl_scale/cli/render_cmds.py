@@ -146,58 +146,101 @@ def render_k8s_cmd(
     _render("k8s", values_files, sets, out)
 
 
-# Everything init writes besides the per-target folders; the user's app is never among them.
-_INIT_FILES = ("cl-scale.yaml", "Dockerfile", ".dockerignore", ".env.example", "loadtest")
+# Files next to an app that belong in its image (copied with the app when it lives outside DIR).
+_APP_COMPANIONS = ("requirements.txt", "chainlit.md", ".chainlit", "public")
 
 
 @app.command(
     "init",
     help=(
         "Start a deployment: write cl-scale.yaml (every value, documented) and render every "
-        "target into DIR: nginx/, k8s/, compose/, Dockerfile, .dockerignore, .env.example, "
-        "loadtest/, plus a starter app.py when DIR has no app at --app.\n\n"
-        "A non-empty DIR is refused unless --force (which overwrites cl-scale's files, never "
-        "your app).\n\n"
+        "target into DIR: nginx/, k8s/, compose/, Dockerfile (with cl-scale's own wheel in wheels/ "
+        "when it runs from a source checkout), .dockerignore, .env.example, loadtest/.\n\n"
+        "--app names your Chainlit app (relative to the current directory, or to DIR): an app outside "
+        "DIR is copied into it with requirements.txt, chainlit.md, .chainlit/ and public/ if present; "
+        "with no app at all, a starter app.py is written. The output says which.\n\n"
+        "A non-empty DIR is refused unless --force (which overwrites cl-scale's files, never your app).\n\n"
         "Examples:\n\n\b\n"
         "  cl-scale init deploy --app app.py --replicas 3\n"
         "  cl-scale init . --app chat.py --force --set ingress.host=chat.example.com"
     ),
 )
 def init_cmd(
-    directory: str = typer.Argument(".", metavar="DIR", help="Project directory (default: current)."),
+    directory: str = typer.Argument(".", metavar="DIR", help="Deployment directory (default: current)."),
     app_path: str = typer.Option("app.py", "--app", metavar="APP.py",
-                                 help="The Chainlit app, relative to DIR (app.module)."),
+                                 help="Your Chainlit app (relative to the current directory, or to DIR)."),
     replicas: Optional[str] = typer.Option(None, "--replicas", metavar="N", help="Number of instances (1..100)."),
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=_SET_HELP),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty DIR (overwrites cl-scale files)."),
 ) -> None:
+    import shutil
+
     from cl_scale.config.loader import documented_yaml
+    from cl_scale.ops.packaging import ship_wheel
     from cl_scale.render import scaffold
 
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise UserError(f"DIR {_show(root)}: exists and is not a directory")
-    app_file = root / app_path
+    source = _find_app(root, app_path)
+    module = (source.resolve().relative_to(root.resolve()).as_posix() if source and _inside(source, root)
+              else Path(app_path).name)
     if root.is_dir() and not force:
-        others = sorted(p.name for p in root.iterdir() if p.resolve() != app_file.resolve())
+        others = sorted(p.name for p in root.iterdir() if p.resolve() != (root / module).resolve())
         if others:
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
             raise UserError(f"DIR {_show(root)} is not empty ({_show(shown)}): use --force to write cl-scale files "
                             "into it (your app is never overwritten)")
-    early = [f"app.module={_quoted(app_path)}"]
+    early = [f"app.module={_quoted(module)}"]
     if replicas is not None:
         early.insert(0, f"replicas={replicas}")
     values = _values([], early + list(sets))
 
+    root.mkdir(parents=True, exist_ok=True)
+    wheel = ship_wheel(root / "wheels")
     files: dict[str, str] = {"cl-scale.yaml": documented_yaml(values)}
-    files.update(scaffold.render(values))
+    files.update(scaffold.render(values, wheel=wheel.name if wheel else None))
     for target in TARGETS:
         files.update({f"{target}/{rel}": text for rel, text in _renderer(target)(values).items()})
-    if not app_file.exists():
-        files[app_path] = scaffold.starter_app()
+    copied = []
+    if source is None:
+        files[module] = scaffold.starter_app()
+        about_app = f"wrote a starter app {module} (no app at {_show(app_path)})"
+    elif _inside(source, root):
+        about_app = f"uses your app {module}"
+    else:
+        dest = root / module
+        if dest.exists() and dest.read_bytes() != source.read_bytes():
+            raise UserError(f"DIR {_show(root)} already has a different {module}: remove it or pick another DIR")
+        shutil.copy2(source, dest)
+        for name in _APP_COMPANIONS:
+            extra = source.parent / name
+            if extra.exists() and not (root / name).exists():
+                (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, root / name)
+                copied.append(name)
+        about_app = f"copied your app {_show(source)}" + (f" (and {', '.join(copied)})" if copied else "") + \
+            f" into {_show(root)}"
     written = write_files(root, files)
-    kept = "" if app_path in files else f" (kept your {app_path})"
-    typer.echo(f"wrote {len(written)} files to {root}/{kept}")
+    typer.echo(f"wrote {len(written)} files to {_show(root)}/; {about_app}"
+               + (f"; cl-scale {wheel.name} in wheels/ for the image" if wheel else ""))
+    d = _show(root)
+    typer.echo("next:\n"
+               f"  1. docker build -t {values.app.image} {d}\n"
+               f"     (the name is app.image in {d}/cl-scale.yaml: point it at your registry, then re-render "
+               f"k8s/ and compose/ with cl-scale render)\n"
+               f"  2. one host:   cd {d}/compose && cp .env.example .env (fill it) && docker compose up -d\n"
+               f"  3. Kubernetes: cd {d}/k8s && cp secrets.env.example secrets.env (fill it) && kubectl apply -k .")
+
+
+def _find_app(root: Path, app_path: str) -> Path | None:
+    for candidate in (Path(app_path), root / app_path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return root.resolve() in path.resolve().parents
 
 
 def _quoted(text: str) -> str:

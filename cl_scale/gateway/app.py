@@ -9,14 +9,16 @@ checked here; messages are signed with a worker key the instances accept. Errors
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import re
 
 import redis.exceptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cl_scale.contract import DEFAULT_PREFIX
@@ -27,18 +29,21 @@ log = logging.getLogger("cl_scale.gateway")
 PREFIX = "/cl-scale/v1"
 
 
+BODY_SECONDS = 30  # a request body must arrive within this (a body that never ends is a 408)
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(max_length=p.MAX_BYTES)
-    id: str | None = Field(default=None, min_length=1, max_length=200, description="idempotency key / message id")
-    author: str | None = Field(default=None, max_length=200)
+    id: p.MessageId | None = Field(default=None, description="idempotency key / message id")
+    author: p.Author | None = None
     elements: list[p.Element] = Field(default_factory=list, max_length=20)
 
 
 class UpdateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(max_length=p.MAX_BYTES)
-    author: str | None = Field(default=None, max_length=200)
+    author: p.Author | None = None
 
 
 class StreamIn(BaseModel):
@@ -48,11 +53,11 @@ class StreamIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tokens: list[str] = Field(min_length=0, max_length=10_000)
-    id: str | None = Field(default=None, min_length=1, max_length=200)
-    offset: int = Field(default=0, ge=0)
+    id: p.MessageId | None = None
+    offset: int = Field(default=0, ge=0, le=1_000_000)
     end: bool = True
     text: str | None = Field(default=None, max_length=p.MAX_BYTES)
-    author: str | None = Field(default=None, max_length=200)
+    author: p.Author | None = None
 
 
 class Accepted(BaseModel):
@@ -106,22 +111,46 @@ class Gateway:
         raise ApiError(401, "unknown token")
 
     async def body(self, request: Request, model: type[BaseModel]):
+        """The JSON body, bounded in size and time: 415 (not JSON), 413, 408, 422 (schema)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "the body must be application/json")
         declared = request.headers.get("content-length")
         limit = self.max_bytes + p.FRAMING_BYTES
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body over {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"request body over {limit} bytes")
-        raw = b"".join(chunks)
         try:
-            return model.model_validate_json(raw or b"null")
+            async with asyncio.timeout(BODY_SECONDS):
+                async for chunk in request.stream():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"request body over {limit} bytes")
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {BODY_SECONDS}s") from None
+        try:
+            return model.model_validate_json(b"".join(chunks) or b"null")
         except ValidationError as exc:
             raise ApiError(422, "invalid request body",
-                           [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()][:20]) from None
+                           [{"loc": list(e["loc"]), "msg": p.reason(e)} for e in exc.errors()][:20]) from None
+
+    @staticmethod
+    def target(kind: str, ident: str) -> p.Target:
+        """The URL's target, checked (ids reach Redis keys: a strict alphabet, 404 for unknown kinds)."""
+        field = {"sessions": "session", "users": "user", "threads": "thread"}.get(kind)
+        if field is None:
+            raise ApiError(404, "not found")
+        try:
+            return p.Target(**{field: ident})
+        except ValidationError as exc:
+            raise ApiError(422, f"invalid {field} in the URL: {p.reason(exc.errors()[0])}") from None
+
+    @staticmethod
+    def message_id(mid: str) -> str:
+        if not re.fullmatch(p.MESSAGE_ID_PATTERN, mid):
+            raise ApiError(422, "invalid message id in the URL: must be 1-200 of letters, digits and ._:@-")
+        return mid
 
     async def check_scope(self, token: p.WorkerKey, target: p.Target) -> None:
         """A scoped token reaches a session whose *stored* id, user or thread it names, a user it
@@ -142,7 +171,7 @@ class Gateway:
     async def post_message(self, request: Request):
         token = self.auth(request)
         kind, ident = request.path_params["kind"], request.path_params["ident"]
-        target = p.Target(**{{"sessions": "session", "users": "user", "threads": "thread"}[kind]: ident})
+        target = self.target(kind, ident)
         await self.check_scope(token, target)
         msg = await self.body(request, MessageIn)
         elements = [e.model_dump() for e in msg.elements]
@@ -158,7 +187,7 @@ class Gateway:
     async def post_stream(self, request: Request):
         token = self.auth(request)
         sid = request.path_params["ident"]
-        await self.check_scope(token, p.Target(session=sid))
+        await self.check_scope(token, self.target("sessions", sid))
         req = await self.body(request, StreamIn)
         mid = await self.pub.stream_part(sid, req.id or p.new_id(), req.tokens, offset=req.offset, end=req.end,
                                          text=req.text, author=req.author)
@@ -166,16 +195,16 @@ class Gateway:
 
     async def patch_message(self, request: Request):
         token = self.auth(request)
-        sid, mid = request.path_params["ident"], request.path_params["mid"]
-        await self.check_scope(token, p.Target(session=sid))
+        sid, mid = request.path_params["ident"], self.message_id(request.path_params["mid"])
+        await self.check_scope(token, self.target("sessions", sid))
         req = await self.body(request, UpdateIn)
         await self.pub.update(sid, mid, req.text, author=req.author)
         return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
 
     async def delete_message(self, request: Request):
         token = self.auth(request)
-        sid, mid = request.path_params["ident"], request.path_params["mid"]
-        await self.check_scope(token, p.Target(session=sid))
+        sid, mid = request.path_params["ident"], self.message_id(request.path_params["mid"])
+        await self.check_scope(token, self.target("sessions", sid))
         await self.pub.remove(sid, mid)
         return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
 
@@ -200,6 +229,8 @@ def _wrap(handler):
             return JSONResponse({"error": str(exc)}, status_code=413)
         except ValueError as exc:  # bad ids
             return JSONResponse({"error": str(exc)}, status_code=422)
+        except ClientDisconnect:  # the caller went away mid-body: nothing to answer, nothing to log
+            return Response(status_code=400)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError):
             return JSONResponse({"error": "Redis unreachable: retry later"}, status_code=503)
         except Exception:  # never a plain-text 500 (nor a traceback) to a caller
@@ -226,21 +257,7 @@ def build_app(gateway: Gateway) -> Starlette:
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
     app.state.gateway = g
-    return _KindGuard(app)
-
-
-class _KindGuard:
-    """Only sessions/users/threads are targets (the route pattern is generic)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            parts = scope["path"][len(PREFIX):].strip("/").split("/")
-            if len(parts) >= 3 and parts[2] == "messages" and parts[0] not in ("sessions", "users", "threads"):
-                return await JSONResponse({"error": "not found"}, status_code=404)(scope, receive, send)
-        return await self.app(scope, receive, send)
+    return app
 
 
 def _schema(model) -> dict:
@@ -257,8 +274,9 @@ def openapi_spec() -> dict:
                         "required": ["error"]}
     errors = {str(c): {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
               for c, d in ((401, "missing or unknown token"), (403, "token not allowed for this target"),
-                           (413, "too large"), (422, "invalid body"), (429, "outbox full (dead-lettered)"),
-                           (503, "Redis unreachable"))}
+                           (408, "the body did not arrive in time"), (413, "too large"),
+                           (415, "the body is not application/json"), (422, "invalid body or ids"),
+                           (429, "outbox full (dead-lettered)"), (503, "Redis unreachable"))}
     accepted = {"202": {"description": "accepted", "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Accepted"}}}}, **errors}
 

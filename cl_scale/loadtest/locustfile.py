@@ -2,7 +2,7 @@
 
 Locust runs on gevent, which cannot host asyncio clients, so this user speaks Engine.IO v4 /
 Socket.IO v5 framing itself on ``websocket-client``; the handshake, the messages and the framing
-come from ``cl_scale.ops.protocol`` (the one description of Chainlit's protocol).
+come from ``cl_scale.wire.chainlit`` (the one description of Chainlit's protocol).
 
 Scenarios (``--scenario`` or ``$CL_SCALE_SCENARIO``):
 
@@ -44,7 +44,7 @@ from locust import User, between, events, task
 from locust.exception import StopUser
 
 from cl_scale.loadtest import REQUEST_NAMES, SCENARIOS  # noqa: F401 - no locust import there
-from cl_scale.ops import protocol
+from cl_scale.wire import chainlit as protocol
 
 TIMEOUT = float(os.environ.get("CL_SCALE_REPLY_TIMEOUT", "30"))
 _user_numbers = itertools.count()

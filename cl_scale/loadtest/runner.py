@@ -131,18 +131,14 @@ def run_locust(url: str, *, users: int, spawn_rate: float, run_time: str, scenar
     return result
 
 
-def summary_table(result: LoadtestResult):
-    from rich.table import Table
+SUMMARY_COLUMNS = ["request", "count", "failures", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s"]
 
-    table = Table(title="cl-scale loadtest", show_lines=False)
-    for column in ("request", "count", "failures", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s"):
-        table.add_column(column, justify="left" if column == "request" else "right", no_wrap=True)
-    for row in [*result.rows, *([result.aggregated] if result.aggregated else [])]:
-        name = row.get("Name", "?")
-        table.add_row(name, row.get("Request Count", ""), row.get("Failure Count", ""), row.get("50%", ""),
-                      row.get("95%", ""), row.get("99%", ""), _num(row.get("Max Response Time", "")),
-                      _num(row.get("Requests/s", ""), 1), style="bold" if name == "Aggregated" else None)
-    return table
+
+def summary_rows(result: LoadtestResult) -> list[list[str]]:
+    return [[row.get("Name", "?"), row.get("Request Count", ""), row.get("Failure Count", ""), row.get("50%", ""),
+             row.get("95%", ""), row.get("99%", ""), _num(row.get("Max Response Time", "")),
+             _num(row.get("Requests/s", ""), 1)]
+            for row in [*result.rows, *([result.aggregated] if result.aggregated else [])]]
 
 
 def _num(text: str, digits: int = 0) -> str:

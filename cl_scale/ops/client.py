@@ -1,4 +1,4 @@
-"""The Chainlit client (asyncio): speaks Chainlit's protocol (``ops.protocol``) as the browser does.
+"""The Chainlit client (asyncio): speaks Chainlit's protocol (``wire.chainlit``) as the browser does.
 
 Handshake: POST ``/set-session-cookie``, connect to ``/ws/socket.io`` with Chainlit's ``auth``,
 emit ``connection_successful`` after every (re)connect; reconnects by itself with backoff. Used by
@@ -17,7 +17,7 @@ import uuid
 import aiohttp
 import socketio
 
-from cl_scale.ops import protocol
+from cl_scale.wire import chainlit as protocol
 
 
 class ChainlitClient:

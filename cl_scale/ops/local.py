@@ -235,5 +235,11 @@ def down(state_dir: Path, timeout: float = 20.0) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_pid_alive(p) for p in stopped):
+        time.sleep(0.05)  # "stopped" is said once they are gone, not when they were asked to go
+    left = [p for p in stopped if _pid_alive(p)]
+    if left:
+        raise UserError(f"could not stop processes {left} (still alive after SIGKILL)")
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -393,11 +393,22 @@ def app_network_policy(v: Values) -> dict[str, Any]:
 # --------------------------------------------------------------------------- assembly
 
 
+CONFIGMAP_LIMIT = 1024 * 1024  # Kubernetes refuses a ConfigMap whose data exceeds 1 MiB
+
+
+def _check_size(cm: dict[str, Any]) -> dict[str, Any]:
+    size = sum(len(k) + len(str(v).encode()) for k, v in cm["data"].items())
+    if size > CONFIGMAP_LIMIT:
+        raise ConfigError("app.env", f"<{len(cm['data'])} entries>", f"the ConfigMap {cm['metadata']['name']} "
+                          f"would hold {size} bytes; Kubernetes refuses more than 1 MiB")
+    return cm
+
+
 def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
     """Objects grouped by output file (one file per kind), in apply order."""
     files: dict[str, list[dict[str, Any]]] = {
         "serviceaccount.yaml": [service_account(v)],
-        "configmap.yaml": [env_config_map(v), chainlit_config_map(v)],
+        "configmap.yaml": [_check_size(env_config_map(v)), _check_size(chainlit_config_map(v))],
     }
     if v.redis.enabled:
         files["redis-service.yaml"] = [redis_service(v)]

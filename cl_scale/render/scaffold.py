@@ -36,11 +36,14 @@ def starter_app() -> str:
     return _env().get_template("app.py.j2").render()
 
 
-def render(values: Values) -> dict[str, str]:
+def render(values: Values, wheel: str | None = None) -> dict[str, str]:
+    """``wheel``: file name of the cl-scale wheel ``init`` placed in ``wheels/`` (None: install
+    ``cl-scale==<version>`` from the package index)."""
     env = _env()
     cmd = [values.app.module, "--host", "0.0.0.0", "--port", str(values.app.port)]
     return {
-        "Dockerfile": env.get_template("Dockerfile.j2").render(values=values, cmd=cmd, version=__version__),
+        "Dockerfile": env.get_template("Dockerfile.j2").render(values=values, cmd=cmd, version=__version__,
+                                                               wheel=wheel),
         ".dockerignore": env.get_template("dockerignore.j2").render(),
         ".env.example": env_example(values),
         "loadtest/README.md": env.get_template("loadtest/README.md.j2").render(values=values),

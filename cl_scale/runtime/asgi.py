@@ -19,8 +19,10 @@ from cl_scale.runtime.forwarding import (
     MULTIPART_SLACK,
     SESSION_BOUND,
     Forwarder,
+    LimitedBody,
     respond,
 )
+from cl_scale.wire.chainlit import SET_COOKIE_PATH
 from cl_scale.wire.keyspace import room_name, valid_session_id
 
 log = logging.getLogger("cl_scale.asgi")
@@ -65,6 +67,8 @@ class InstanceApp:
                 return await respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
             if path.startswith(DOCTOR_PREFIX) and self.instance.settings.doctor and self.instance.settings.doctor_token:
                 return await self._doctor(scope, send)
+            if path == SET_COOKIE_PATH and scope["method"] == "POST":
+                return await self._set_session_cookie(scope, receive, send)
             if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
                 return await self.forwarder(scope, receive, send)
             if path.startswith(GATEWAY_PREFIX):
@@ -115,6 +119,22 @@ class InstanceApp:
                     "thread": hashlib.sha256(thread.encode()).hexdigest()[:16] if thread else None}
             return await respond(send, 200, json.dumps(body).encode())
         return await respond(send, 404, b'{"error":"not found"}')
+
+    async def _set_session_cookie(self, scope, receive, send):
+        """Chainlit sets whatever ``session_id`` it is given as a cookie (and answers junk with a 500):
+        accept only a JSON object with a valid session id, small, before Chainlit sees it."""
+        body = LimitedBody(receive, 4096)
+        raw = await body.peek_all()
+        if body.too_large:
+            return await respond(send, 413, b'{"detail":"request body over 4096 bytes"}')
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not valid_session_id(data.get("session_id")):
+            return await respond(send, 422, b'{"detail":"session_id: must be a session id (8-128 of letters, '
+                                            b'digits, _ and -)"}')
+        return await self.app(scope, body.receive, self._tag(send))
 
     def _tag(self, send):
         """Name the instance on every HTTP response (doctor's stickiness check, debugging)."""

@@ -38,7 +38,7 @@ class _ClientGone(Exception):
     pass
 
 
-class _LimitedBody:
+class LimitedBody:
     """An ASGI request body read through a byte limit. ``peek_all`` buffers it (small bodies only);
     ``receive`` (for an ASGI app) and ``chunks`` (for httpx) then replay that and read on."""
 
@@ -149,7 +149,7 @@ class Forwarder:
         if declared is not None and declared > limit:
             metrics.FORWARDED.labels("too_large").inc()
             return await respond(send, 413, too_large(limit))
-        body = _LimitedBody(receive, limit)
+        body = LimitedBody(receive, limit)
         session_id = _query_session_id(scope)
         if session_id is None and not upload:
             session_id = _body_session_id(await body.peek_all())
@@ -164,7 +164,7 @@ class Forwarder:
             metrics.FORWARDED.labels("no_live_owner").inc()
         return await self._to_chainlit(scope, body, send)
 
-    async def _to_chainlit(self, scope, body: "_LimitedBody", send):
+    async def _to_chainlit(self, scope, body: "LimitedBody", send):
         """Chainlit reads the (limited) body; if it runs over the limit Chainlit sees a disconnect and
         whatever it would answer is replaced by a 413."""
         started = False
@@ -185,7 +185,7 @@ class Forwarder:
             metrics.FORWARDED.labels("too_large").inc()
             await respond(send, 413, too_large(body.limit))
 
-    async def _forward(self, scope, body: "_LimitedBody", base_url: str, send):
+    async def _forward(self, scope, body: "LimitedBody", base_url: str, send):
         query = scope.get("query_string", b"").decode()
         url = f"{base_url}{scope['path']}" + (f"?{query}" if query else "")
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k.decode().lower() not in _HOP_BY_HOP]

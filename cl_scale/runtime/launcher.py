@@ -21,11 +21,13 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
         root_path: str = "") -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s [" + settings.instance_id + "] %(message)s")
+    from cl_scale.listen import bind
     from cl_scale.runtime import api
     from cl_scale.runtime.asgi import InstanceApp
     from cl_scale.runtime.chainlit import boot
     from cl_scale.runtime.instance import Instance
 
+    sock = bind(settings.host, settings.port)  # a taken port is one line (exit 2), before anything loads
     chainlit_app = boot.load(target, settings, headless=headless, debug=debug, root_path=root_path)
     instance = Instance(settings, chainlit_app.sio, api.restore_callbacks())
     instance.install()
@@ -40,7 +42,7 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
             log_level="debug" if debug else "warning", ws_per_message_deflate=settings.ws_per_message_deflate,
             ssl_keyfile=settings.ssl_keyfile, ssl_certfile=settings.ssl_certfile,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
-        await server.serve()
+        await server.serve(sockets=[sock])
 
     asyncio.run(serve())
 

@@ -126,9 +126,9 @@ class RuntimeSettings:
             raise ConfigError("redis-url", redacted(self.redis_url),
                               f"scheme must be one of {', '.join(REDIS_SCHEMES)}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
-            raise ConfigError("port", self.port, "must be between 1 and 65535")
+            raise ConfigError("--port", self.port, "must be between 1 and 65535")
         if not _HOST.match(self.host or ""):
-            raise ConfigError("host", self.host, "must be an IP address or a host name")
+            raise ConfigError("--host", self.host, "must be an IP address or a host name")
         if not SAFE_NAME.fullmatch(self.instance_id or ""):
             raise ConfigError("instance-id / CL_SCALE_INSTANCE_ID", self.instance_id,
                               "must be 1-128 of [A-Za-z0-9._-] (it names Redis keys and prefixes log lines)")

@@ -15,13 +15,48 @@ import json
 import re
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 MAX_BYTES = 64 * 1024
 #: Room for the JSON framing of a body around its ``MAX_BYTES`` of content.
 FRAMING_BYTES = 4096
+
+
+#: Ids that reach Redis keys and logs. Message ids (idempotency keys): letters, digits and ``._:@-``.
+#: User identifiers and thread ids: any printable text without braces (they name Redis keys; a brace
+#: would change a Redis Cluster hash tag) — Chainlit identifiers are often e-mail addresses.
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,200}$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f{}]{1,200}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{8,128}$"  # = wire.keyspace.SESSION_ID
+#: The ``session`` of a dead-lettered fan-out message that found no live session.
+NO_SESSION = "no-live-session"
+MessageId = Annotated[str, StringConstraints(pattern=MESSAGE_ID_PATTERN)]
+EntryId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,300}$")]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+Author = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+_PATTERN_WHY = {
+    MESSAGE_ID_PATTERN: "must be 1-200 of letters, digits and ._:@-",
+    NAME_PATTERN: "must be 1-200 printable characters without { or }",
+    SESSION_ID_PATTERN: "must be a session id: 8-128 of letters, digits, _ and -",
+    r"^[A-Za-z0-9._:@-]{1,300}$": "must be 1-300 of letters, digits and ._:@-",
+    r"^[^\x00-\x1f\x7f]*$": "must not contain control characters",
+}
+
+
+def reason(err: dict) -> str:
+    """Why one pydantic error happened, in words (never the input value)."""
+    return _PATTERN_WHY.get((err.get("ctx") or {}).get("pattern"), err["msg"])
+
+
+def first_error(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field: why``."""
+    err = exc.errors()[0]
+    return f"{'.'.join(map(str, err['loc'])) or 'body'}: {reason(err)}"
 
 
 class Element(BaseModel):
@@ -35,9 +70,9 @@ class Element(BaseModel):
 
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    session: str | None = None
-    user: str | None = None
-    thread: str | None = None
+    session: SessionId | None = None
+    user: Name | None = None
+    thread: Name | None = None
 
 
 class Body(BaseModel):
@@ -45,13 +80,13 @@ class Body(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = 1
-    eid: str = Field(min_length=1, max_length=200)
-    mid: str = Field(min_length=1, max_length=200)
+    eid: EntryId
+    mid: MessageId
     kind: Literal["message", "token", "stream_end", "update", "remove"]
-    session: str = Field(min_length=1, max_length=200)
+    session: SessionId
     target: Target
-    ts: float
-    author: str = Field(default="Worker", max_length=200)
+    ts: float = Field(allow_inf_nan=False)
+    author: Author = "Worker"
     content: str = Field(default="", max_length=MAX_BYTES)
     elements: list[Element] = Field(default_factory=list, max_length=20)
 
@@ -199,8 +234,7 @@ def verify(fields: dict, keys: dict[str, WorkerKey], session_id: str, *, max_age
     try:
         body = Body.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise Rejected("malformed", f"malformed: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        raise Rejected("malformed", f"malformed: {first_error(exc)}") from None
     if body.session != session_id:
         raise Rejected("session_mismatch", "session mismatch: entry signed for another session")
     age = (now or time.time()) - body.ts

@@ -4,13 +4,16 @@ CLI parses and prints, these act. Errors a user can cause are ``UserError`` (one
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from contextlib import asynccontextmanager
 
 from cl_scale.errors import UserError
+from cl_scale.wire import messages as m
 from cl_scale.wire.connect import connect
 from cl_scale.wire.redis_url import redacted
 from cl_scale.worker import dlq
+from cl_scale.worker.dlq import printable
 from cl_scale.worker.publisher import DeliveryError, Publisher
 from cl_scale.worker.settings import WorkerSettings
 
@@ -46,6 +49,7 @@ async def send(settings: WorkerSettings, text: str, *, session: str | None = Non
     """Send one message to a session, or to every live session of a user or thread. With a session,
     ``user``/``thread`` are checks on it (as Redis holds it), not more targets. A key no live
     instance accepts is refused here, rather than accepted and dead-lettered."""
+    check_message_args(text=text, session=session, user=user, thread=thread, author=author, message_id=message_id)
     key = settings.signing_key()
     pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, max_buffer=0,
                     outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
@@ -76,6 +80,25 @@ async def send(settings: WorkerSettings, text: str, *, session: str | None = Non
             await pub.aclose(timeout=2)
         except Exception:
             pass
+
+
+def check_message_args(*, text: str, session=None, user=None, thread=None, author=None, message_id=None) -> None:
+    """Every argument of a message, checked before anything is sent: one line naming the flag."""
+    for flag, value, pattern, why in (
+            ("--session", session, m.SESSION_ID_PATTERN, "8-128 of letters, digits, _ and -"),
+            ("--user", user, m.NAME_PATTERN, "1-200 printable characters without { or }"),
+            ("--thread", thread, m.NAME_PATTERN, "1-200 printable characters without { or }"),
+            ("--id", message_id, m.MESSAGE_ID_PATTERN, "1-200 of letters, digits and ._:@-")):
+        if value is not None and not re.fullmatch(pattern, value):
+            raise UserError(f"{flag}={printable(value, 40)!r}: must be {why}")
+    if author is not None and (not author or len(author) > 200 or re.search(r"[\x00-\x1f\x7f]", author)):
+        raise UserError(f"--author: must be 1-200 characters without control characters (got {len(author)})")
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise UserError("TEXT: not valid UTF-8") from None
+    if size > m.MAX_BYTES:
+        raise UserError(f"TEXT: {size} bytes (max {m.MAX_BYTES})")
 
 
 async def list_letters(settings: WorkerSettings, limit: int) -> list[dict]:

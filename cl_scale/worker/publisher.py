@@ -16,6 +16,7 @@ import threading
 import time
 
 import redis.exceptions
+from pydantic import ValidationError
 
 from cl_scale.contract import DEFAULT_PREFIX
 from cl_scale.wire import dead_letters, scripts
@@ -160,15 +161,20 @@ class Publisher:
     # -- internals ----------------------------------------------------------------------------------
     def _body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
               elements: list[dict] | None = None, target: m.Target | None = None) -> m.Body:
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError("session_id must be a non-empty string")
         if not isinstance(text, str):
             raise ValueError("text must be a string")
-        if len(text.encode()) > self.max_bytes:
-            raise MessageTooLarge(f"message {mid}: {len(text.encode())} bytes (max {self.max_bytes})")
-        return m.Body(eid=eid, mid=mid, kind=kind, session=session_id, target=target or m.Target(session=session_id),
-                      ts=time.time(), author=author or self.author, content=text,
-                      elements=[m.Element(**e) for e in elements or []])
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            raise ValueError("text: not valid UTF-8") from None
+        if size > self.max_bytes:
+            raise MessageTooLarge(f"message {mid[:80]}: {size} bytes (max {self.max_bytes})")
+        try:
+            return m.Body(eid=eid, mid=mid, kind=kind, session=session_id,
+                          target=target or m.Target(session=session_id), ts=time.time(),
+                          author=author or self.author, content=text, elements=[m.Element(**e) for e in elements or []])
+        except ValidationError as exc:
+            raise ValueError(m.first_error(exc)) from None
 
     def _args(self, body: m.Body) -> tuple[list, list]:
         raw = m.canonical(body)
@@ -243,7 +249,7 @@ class Publisher:
                 pipe.exists(self.keys.session(sid))
             live = [sid for sid, ok in zip(members, await pipe.execute()) if ok]
         if not live:
-            body = self._body(target.user or target.thread or "?", "message", mid, mid, text, author, elements, target)
+            body = self._body(m.NO_SESSION, "message", mid, mid, text, author, elements, target)
             raw = m.canonical(body)
             await dead_letters.add(self.redis, self.keys.dead_letters, kid=self.kid, body=raw,
                                    sig=m.sign(self._secret, raw), code="no_live_session", session="",

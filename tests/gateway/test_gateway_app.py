@@ -70,7 +70,15 @@ def test_scoped_tokens_are_checked_against_what_redis_holds(gateway):
     ({"Authorization": "Bearer nope"}, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": "x"}}, 401),
     (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": 5}}, 422),
     (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"txt": "x"}}, 422),
-    (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"content": b"x" * 200_000}, 413),
+    ({**AUTH, "content-type": "application/json"}, f"/cl-scale/v1/sessions/{BOB}/messages",
+     {"content": b"x" * 200_000}, 413),
+    (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"content": b'{"text": "x"}'}, 415),  # not declared as JSON
+    (AUTH, "/cl-scale/v1/sessions/bad%0Aid-1234/messages", {"json": {"text": "x"}}, 422),
+    (AUTH, "/cl-scale/v1/sessions/a%7Bb%7D-12345678/messages", {"json": {"text": "x"}}, 422),
+    (AUTH, f"/cl-scale/v1/sessions/{'s' * 5000}/messages", {"json": {"text": "x"}}, 422),
+    (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": "x", "id": "a\nb"}}, 422),
+    (AUTH, f"/cl-scale/v1/sessions/{BOB}/stream", {"json": {"tokens": ["a"], "offset": 10 ** 29}}, 422),
+    (AUTH, "/cl-scale/v1/users/eve%7Bx%7D/messages", {"json": {"text": "x"}}, 422),
     (AUTH, f"/cl-scale/v1/planets/{BOB}/messages", {"json": {"text": "x"}}, 404),
 ])
 def test_bad_requests_are_refused_as_json(gateway, headers, path, kwargs, status):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -136,7 +137,7 @@ async def test_property_gateway_answers_garbage_with_4xx_json(cluster, worker_en
         for kind, value, status, body in results:
             valid = isinstance(value, dict) and set(value) <= {"text", "id", "author", "elements"} \
                 and isinstance(value.get("text"), str) and len(value["text"]) <= p.MAX_BYTES \
-                and (value.get("id") is None or 1 <= len(value["id"]) <= 200)
+                and (value.get("id") is None or re.fullmatch(p.MESSAGE_ID_PATTERN, value["id"]) is not None)
             if kind == "token":
                 assert status == 401 and "error" in body
             elif valid:

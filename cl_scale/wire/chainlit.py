@@ -1,5 +1,6 @@
 """Chainlit's client protocol over Socket.IO, as its browser client speaks it — one copy.
 
+The instance side reads it too (``runtime.asgi`` checks ``/set-session-cookie``).
 ``ops.client.ChainlitClient`` (asyncio, on python-socketio: doctor, tests, the benchmark) and the
 locust user (gevent, raw Engine.IO framing on ``websocket-client``) both build their handshake and
 messages here::
