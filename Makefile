@@ -5,7 +5,9 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+# Two workers (2 cores): tests wait on real processes much of the time; the heavy ones (marked
+# slow) stay on one worker (tests/conftest.py), so two of them never run at once.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 REPLICAS ?= 3
 PORT ?= 8000
 

@@ -49,3 +49,11 @@ def cluster(app_dir, redis_server, tmp_path):
     c = ProcessCluster(app_dir, tmp_path, redis=redis_server, env={"CL_SCALE_DOCTOR_TOKEN": DOCTOR_TOKEN})
     yield c
     c.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n 2`` (``make test``), the heavy whole-cluster tests (``slow``) share one worker, so two
+    of them never compete for the 2 cores at once; the rest spread over both workers."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("heavy"))

@@ -57,7 +57,15 @@ def test_browser_page_survives_sigkill_of_its_instance(cluster):
             context = browser.new_context(viewport={"width": 1100, "height": 800})
             context.route("**/*", _loopback_only)
             page = context.new_page()
-            page.on("websocket", lambda ws: sockets.append(ws) if "/ws/socket.io" in ws.url else None)
+            connected: set[int] = set()  # sockets whose Socket.IO connect was acknowledged ("40{...}")
+
+            def on_socket(ws):
+                if "/ws/socket.io" in ws.url:
+                    sockets.append(ws)
+                    ws.on("framereceived", lambda frame, ws=ws: connected.add(id(ws))
+                          if isinstance(frame, str) and frame.startswith("40") else None)
+
+            page.on("websocket", on_socket)
             page.goto(cluster.nginx.url, timeout=60_000)
             page.locator(REPLY, has_text="started on").first.wait_for(timeout=60_000)
 
@@ -70,9 +78,11 @@ def test_browser_page_survives_sigkill_of_its_instance(cluster):
             killed_at = time.monotonic()
             victim.kill()  # SIGKILL: no drain, no goodbye
 
-            # The page opens a new socket through nginx to a surviving instance, by itself.
+            # The page opens a new socket through nginx to a surviving instance, by itself; the next
+            # message is typed once that socket's Socket.IO connect is acknowledged (a message typed in
+            # the dead window before it is lost: stock Chainlit behaviour).
             deadline = time.monotonic() + 60
-            while not (len(sockets) > opened and not sockets[-1].is_closed()):
+            while not (len(sockets) > opened and not sockets[-1].is_closed() and id(sockets[-1]) in connected):
                 assert time.monotonic() < deadline, "the page never reconnected"
                 page.wait_for_timeout(100)
             reconnected_s = time.monotonic() - killed_at

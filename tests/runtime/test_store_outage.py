@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from cl_scale.ops.client import ChainlitClient
@@ -42,6 +43,7 @@ async def test_client_pause_during_reconnect_elsewhere_keeps_the_stored_session(
         await admin.aclose()
 
 
+@pytest.mark.slow
 async def test_redis_stall_longer_than_the_handshake_wait_drops_the_transport_and_client_retries(cluster):
     """Redis paused for 12 s while a SIGKILLed instance's client fails over through nginx: the
     instance answers neither "restored" nor "fresh session" (that would overwrite the stored one);

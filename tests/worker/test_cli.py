@@ -90,12 +90,12 @@ def test_bad_input_exits_2_with_one_line(redis_server):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     cases = [
         (["send", "--redis-url", url, "text"], "give --session"),
-        (["send", "--session", "s1", "--redis-url", url, "  "], "must not be empty"),
-        (["send", "--session", "s1", "--redis-url", "http://x", "hi"], "scheme"),
-        (["send", "--session", "s1", "--redis-url", dead, "hi"], "unreachable"),
+        (["send", "--session", "sess-0001", "--redis-url", url, "  "], "must not be empty"),
+        (["send", "--session", "sess-0001", "--redis-url", "http://x", "hi"], "scheme"),
+        (["send", "--session", "sess-0001", "--redis-url", dead, "hi"], "unreachable"),
         (["send", "--thread", "t", "--user", "u", "--redis-url", url, "hi"], "two targets"),
-        (["send", "--thread", "t", "--session", "s", "--redis-url", url, "hi"], "not in thread"),
-        (["send", "--session", "s1", "--user", "bob", "--redis-url", url, "hi"], "not a session of user"),
+        (["send", "--thread", "t", "--session", "sess-0002", "--redis-url", url, "hi"], "not in thread"),
+        (["send", "--session", "sess-0001", "--user", "bob", "--redis-url", url, "hi"], "not a session of user"),
         (["dlq", "replay", "--redis-url", url], "--all"),
         (["dlq", "purge", "not-an-id", "--redis-url", url], "not a stream id"),
         (["dlq", "purge", "123-", "--redis-url", url], "not a stream id"),
@@ -107,9 +107,9 @@ def test_bad_input_exits_2_with_one_line(redis_server):
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, out.stderr)
-    no_key = subprocess.run([CL_SCALE, "send", "--session", "s1", "--redis-url", url, "hi"], capture_output=True,
+    no_key = subprocess.run([CL_SCALE, "send", "--session", "sess-0001", "--redis-url", url, "hi"], capture_output=True,
                             text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                         if not k.startswith("CL_SCALE_WORKER")})
     assert no_key.returncode == 2 and "worker key" in no_key.stderr
-    bad_keys = cli("send", "--session", "s1", "--redis-url", url, "hi", env={"CL_SCALE_WORKER_KEYS": "oops"})
+    bad_keys = cli("send", "--session", "sess-0001", "--redis-url", url, "hi", env={"CL_SCALE_WORKER_KEYS": "oops"})
     assert bad_keys.returncode == 2 and "CL_SCALE_WORKER_KEYS" in bad_keys.stderr

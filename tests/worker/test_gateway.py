@@ -49,7 +49,8 @@ async def test_gateway_on_instance_delivers_and_refuses_with_json(cluster, worke
                            headers={"Authorization": "Bearer token-two"}), 403),  # t2: only session only-this
                 (http.post(f"{base}/sessions/{sid}/messages", headers=AUTH, json={"text": 5}), 422),
                 (http.post(f"{base}/sessions/{sid}/messages", headers=AUTH, json={"txt": "x"}), 422),
-                (http.post(f"{base}/sessions/{sid}/messages", headers=AUTH, content=b"x" * 200_000), 413),
+                (http.post(f"{base}/sessions/{sid}/messages", headers={**AUTH, "content-type": "application/json"},
+                           content=b"x" * 200_000), 413),
                 (http.post(f"{base}/planets/{sid}/messages", headers=AUTH, json={"text": "x"}), 404),
             ]
             for coro, status in checks:
