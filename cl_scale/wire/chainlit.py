@@ -25,8 +25,16 @@ SET_COOKIE_PATH = "/set-session-cookie"
 SOCKETIO_PATH = "/ws/socket.io"
 WEBSOCKET_PATH = SOCKETIO_PATH + "/?EIO=4&transport=websocket"
 
-#: Events the server sends; ``task_end`` closes every reply (and follows each connect).
-REPLY_EVENTS = ("new_message", "update_message", "stream_start", "stream_token", "delete_message")
+#: Events that open a step in the chat; ``task_end`` closes every handler Chainlit runs as a task.
+STEP_EVENTS = ("new_message", "stream_start")
+#: Chainlit wraps every ``on_message`` handler in a step of this type, whether it answers or not.
+HANDLER_STEP = "run"
+
+
+def is_reply(event: str, data: object) -> bool:
+    """Whether ``event`` shows the user something: a message or a step opened by the app, except the
+    ``run`` step Chainlit opens around each ``on_message`` (sent even when the handler says nothing)."""
+    return event in STEP_EVENTS and isinstance(data, dict) and data.get("type") != HANDLER_STEP
 
 
 def auth(session_id: str, *, thread_id: str | None = None, client_type: str = "webapp", user_env: str = "{}",

@@ -7,6 +7,10 @@ The "LLM" is deterministic fake text, so the example runs offline.
 
     python agents.py planner      # one agent
     python agents.py --all        # all three, as three processes
+
+Redis and the signing key come from the worker settings cl-scale's own commands use: --redis-url or
+$CL_SCALE_REDIS_URL, $CL_SCALE_WORKER_KEY (id:secret) or $CL_SCALE_WORKER_KEYS — or, run from the folder
+where `cl-scale up` started a local cluster, that cluster's Redis and development key.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import signal
 import subprocess
 import sys
 
 import redis.asyncio as aioredis
 
+from cl_scale.errors import UserError
 from cl_scale.worker import Publisher
+from cl_scale.worker.settings import WorkerSettings
 
 TURNS = "groupchat:turns"
 ORDER = ["planner", "critic", "writer"]
@@ -75,15 +80,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", nargs="?", choices=ORDER)
     ap.add_argument("--all", action="store_true", help="start all three agents as separate processes")
-    ap.add_argument("--redis-url", default=os.environ.get("CL_SCALE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--redis-url", help="default: $CL_SCALE_REDIS_URL, else the local cluster's")
     ap.add_argument("--delay", type=float, default=0.03, help="seconds between fake tokens")
     args = ap.parse_args()
-    keys = os.environ.get("CL_SCALE_WORKER_KEYS", "")
-    key_id, _, key = keys.split(",")[0].split(";")[0].partition(":")
-    if not key:
-        sys.exit("set CL_SCALE_WORKER_KEYS=id:secret (the same value the instances use)")
+    try:
+        settings = WorkerSettings.from_env(redis_url=args.redis_url)
+        key = settings.signing_key()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
     if args.all:
-        procs = [subprocess.Popen([sys.executable, __file__, n, "--redis-url", args.redis_url,
+        procs = [subprocess.Popen([sys.executable, __file__, n, "--redis-url", settings.redis_url,
                                    "--delay", str(args.delay)]) for n in ORDER]
         signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])  # stop them with us
         try:
@@ -96,7 +102,7 @@ def main() -> None:
     if not args.name:
         ap.error("name an agent or pass --all")
     try:
-        asyncio.run(run_agent(args.name, args.redis_url, key_id, key, args.delay))
+        asyncio.run(run_agent(args.name, settings.redis_url, key.kid, key.secret, args.delay))
     except KeyboardInterrupt:
         pass
 
