@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cl_scale.errors import UserError
+from cl_scale.errors import UserError, shown
 
 app = typer.Typer(
     name="cl-scale",
@@ -65,10 +65,24 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # click usage errors (typer vendors click): one line, exit 2
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            message = " ".join(exc.format_message().split())
-            typer.echo(f"error: {message[:300]}", err=True)
+            typer.echo(f"error: {_usage_line(exc, sys.argv[1:])}", err=True)
             sys.exit(2)
         raise
+
+
+def _usage_line(exc, argv: list[str]) -> str:
+    """Click's usage error as one line that names the option and the value given (click's own
+    message names only the option): ``--port='abc': Input should be a valid integer``."""
+    message = " ".join(exc.format_message().split())
+    opts = getattr(getattr(exc, "param", None), "opts", None) or []
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            value = arg[len(opt) + 1:] if arg.startswith(opt + "=") else (
+                argv[i + 1] if arg == opt and i + 1 < len(argv) else None)
+            if value is not None:
+                reason = message.split(": ", 1)[-1] if message.startswith("Invalid value") else message
+                return f"{opt}={shown(value)}: {reason}"[:300]
+    return message[:300]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ are imported lazily and never import Chainlit, so these commands start fast.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -100,7 +101,15 @@ def _render(target: str, files: list[str], sets: list[str], out: Optional[str]) 
         text = _stream(target, values)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    written = write_files(dest, _renderer(target)(values))
+    if target == "k8s":
+        from cl_scale.render.k8s import render as render_k8s
+
+        again = ["cl-scale", "render", "k8s", *[a for f in files for a in ("-f", f)],
+                 *[a for kv in sets for a in ("--set", kv)], "--out", str(dest)]
+        rendered = render_k8s(values, command=shlex.join(again))
+    else:
+        rendered = _renderer(target)(values)
+    written = write_files(dest, rendered)
     typer.echo(f"wrote {len(written)} files to {dest}/")
 
 
@@ -201,7 +210,9 @@ def init_cmd(
     files: dict[str, str] = {"cl-scale.yaml": documented_yaml(values)}
     files.update(scaffold.render(values, wheel=wheel.name if wheel else None))
     for target in TARGETS:
-        files.update({f"{target}/{rel}": text for rel, text in _renderer(target)(values).items()})
+        rendered = (_renderer(target)(values) if target != "k8s" else
+                    _renderer(target)(values, command="cl-scale render k8s -f cl-scale.yaml --out k8s"))
+        files.update({f"{target}/{rel}": text for rel, text in rendered.items()})
     copied = []
     if source is None:
         files[module] = scaffold.starter_app()

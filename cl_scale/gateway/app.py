@@ -75,12 +75,15 @@ class Gateway:
 
     :param tokens: accepted bearer tokens (``CL_SCALE_GATEWAY_TOKENS``, parsed).
     :param key: the worker key entries are signed with (None: every request answers 503).
+    :param body_seconds: a request body must arrive within this, else 408 (a slow or stalled caller
+        would otherwise hold its connection and buffer forever).
     """
 
     def __init__(self, redis_url: str, *, tokens: dict[str, p.WorkerKey], key: p.WorkerKey | None,
                  prefix: str = DEFAULT_PREFIX, max_bytes: int = p.MAX_BYTES, outbox_max: int = 1000,
-                 outbox_ttl: float = 3600):
+                 outbox_ttl: float = 3600, body_seconds: float = BODY_SECONDS):
         self.redis_url, self.prefix, self.max_bytes = redis_url, prefix, max_bytes
+        self.body_seconds = body_seconds
         self.tokens, self.key = tokens, key
         self.outbox_max, self.outbox_ttl = outbox_max, outbox_ttl
         self._pub: Publisher | None = None
@@ -121,14 +124,14 @@ class Gateway:
             raise ApiError(413, f"request body over {limit} bytes")
         chunks, size = [], 0
         try:
-            async with asyncio.timeout(BODY_SECONDS):
+            async with asyncio.timeout(self.body_seconds):
                 async for chunk in request.stream():
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > limit:
                         raise ApiError(413, f"request body over {limit} bytes")
         except TimeoutError:
-            raise ApiError(408, f"the request body did not arrive within {BODY_SECONDS}s") from None
+            raise ApiError(408, f"the request body did not arrive within {self.body_seconds:g}s") from None
         try:
             return model.model_validate_json(b"".join(chunks) or b"null")
         except ValidationError as exc:

@@ -123,7 +123,7 @@ class RuntimeSettings:
 
     def validate(self) -> None:
         if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
-            raise ConfigError("redis-url", redacted(self.redis_url),
+            raise ConfigError("--redis-url / CL_SCALE_REDIS_URL", redacted(self.redis_url),
                               f"scheme must be one of {', '.join(REDIS_SCHEMES)}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError("--port", self.port, "must be between 1 and 65535")

@@ -8,12 +8,13 @@ import re
 import time
 from contextlib import asynccontextmanager
 
-from cl_scale.errors import UserError
+import redis.exceptions as redis_errors
+
+from cl_scale.errors import UserError, shown
 from cl_scale.wire import messages as m
 from cl_scale.wire.connect import connect
 from cl_scale.wire.redis_url import redacted
 from cl_scale.worker import dlq
-from cl_scale.worker.dlq import printable
 from cl_scale.worker.publisher import DeliveryError, Publisher
 from cl_scale.worker.settings import WorkerSettings
 
@@ -21,8 +22,11 @@ from cl_scale.worker.settings import WorkerSettings
 async def ping(redis, url: str) -> None:
     try:
         await asyncio.wait_for(redis.ping(), 3)
+    except redis_errors.AuthenticationError:
+        raise UserError(f"--redis-url={redacted(url)}: authentication failed (wrong user or password; "
+                        "the password may come from REDIS_PASSWORD)") from None
     except Exception as exc:
-        raise UserError(f"redis-url={redacted(url)}: unreachable ({exc.__class__.__name__})") from None
+        raise UserError(f"--redis-url={redacted(url)}: unreachable ({exc.__class__.__name__})") from None
 
 
 @asynccontextmanager
@@ -55,8 +59,12 @@ async def send(settings: WorkerSettings, text: str, *, session: str | None = Non
                     outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
     try:
         await ping(pub.redis, settings.redis_url)
-        if session and (user or thread):
+        if session:
             exists, stored_user, stored_thread = await pub.session_identity(session)
+            if not exists:
+                raise UserError(f"--session {session}: no such session in Redis under prefix "
+                                f"{settings.prefix!r} (it ended or expired, or the instances use another "
+                                "CL_SCALE_PREFIX)")
             if user and stored_user != user:
                 raise UserError(f"--session {session}: not a session of user {user!r}")
             if thread and stored_thread != thread:
@@ -90,7 +98,7 @@ def check_message_args(*, text: str, session=None, user=None, thread=None, autho
             ("--thread", thread, m.NAME_PATTERN, "1-200 printable characters without { or }"),
             ("--id", message_id, m.MESSAGE_ID_PATTERN, "1-200 of letters, digits and ._:@-")):
         if value is not None and not re.fullmatch(pattern, value):
-            raise UserError(f"{flag}={printable(value, 40)!r}: must be {why}")
+            raise UserError(f"{flag}={shown(value)}: must be {why}")
     if author is not None and (not author or len(author) > 200 or re.search(r"[\x00-\x1f\x7f]", author)):
         raise UserError(f"--author: must be 1-200 characters without control characters (got {len(author)})")
     try:

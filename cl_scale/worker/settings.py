@@ -50,7 +50,7 @@ class WorkerSettings:
         try:
             check(url, allow_password=True)
         except ValueError as exc:
-            raise ConfigError("redis-url", redacted(url), str(exc)) from None
+            raise ConfigError("--redis-url", redacted(url), str(exc)) from None
         prefix = prefix or env("CL_SCALE_PREFIX") or DEFAULT_PREFIX
         if not SAFE_PREFIX.fullmatch(prefix):
             raise ConfigError("prefix / CL_SCALE_PREFIX", prefix, "must be 1-64 of [A-Za-z0-9._-]")
@@ -72,7 +72,12 @@ class WorkerSettings:
 
 def _signing_key(key_id: str | None, key: str | None, known: dict[str, m.WorkerKey]) -> m.WorkerKey | None:
     if key:
-        if key_id is None and ":" in key:  # CL_SCALE_WORKER_KEY=id:secret
+        named = key.partition(":")[0]
+        if ":" in key and SAFE_PREFIX.fullmatch(named) and key_id not in (None, named):
+            shown = key_id if SAFE_PREFIX.fullmatch(key_id) else "(unprintable)"
+            raise UserError(f"--key-id {shown!r}: the key given (CL_SCALE_WORKER_KEY or --key) is key {named!r} "
+                            "(id:secret); drop one of them")
+        if ":" in key and (key_id is None or key_id == named):  # CL_SCALE_WORKER_KEY=id:secret
             parsed = m.parse_keys(key, "CL_SCALE_WORKER_KEY")
             return next(iter(parsed.values()))
         if not key_id:

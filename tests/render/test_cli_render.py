@@ -138,6 +138,8 @@ def test_init_writes_everything_and_keeps_the_app(tmp_path):
         assert (proj / rel).is_file(), rel
     if HAS_K8S:
         assert (proj / "k8s" / "kustomization.yaml").is_file()
+        # the k8s README says how to regenerate from the file init wrote, not a placeholder
+        assert "`cl-scale render k8s -f cl-scale.yaml --out k8s`" in (proj / "k8s" / "README.md").read_text()
     values = yaml.safe_load((proj / "cl-scale.yaml").read_text())
     assert values["replicas"] == 2 and values["ingress"]["host"] == "chat.acme.io"
     assert "# Number of app instances." in (proj / "cl-scale.yaml").read_text()

@@ -388,7 +388,7 @@ def test_renderer_does_not_import_chainlit():
 
 def test_committed_k8s_matches_examples():
     """``k8s/`` is ``cl-scale render k8s -f examples/values.yaml --out k8s``; re-render and compare."""
-    rendered = k8s.render(load_values([EXAMPLES]))
+    rendered = k8s.render(load_values([EXAMPLES]), command="cl-scale render k8s -f examples/values.yaml --out k8s")
     committed_dir = ROOT / "k8s"
     committed = {p.relative_to(committed_dir).as_posix(): p.read_text()
                  for p in committed_dir.rglob("*") if p.is_file() and p.name != "secrets.env"}
