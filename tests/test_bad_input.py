@@ -42,6 +42,16 @@ class Case:
     files: dict[str, bytes | str] = field(default_factory=dict)
 
 
+#: A sitecustomize that makes the modules named in $HIDE_MODULES uninstalled, as far as imports can tell.
+HIDE = """import os, sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in os.environ["HIDE_MODULES"].split(","):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Hide())
+"""
+
+
 def deep_yaml(depth: int) -> str:
     return "a:\n" + "".join("  " * i + "b:\n" for i in range(1, depth)) + "  " * depth + "c: 1\n"
 
@@ -172,6 +182,10 @@ CASES = [
     Case("dlq purge with no id", ["dlq", "purge", "--redis-url", "{redis}"], ("--all",)),
     Case("redis-acl unknown role", ["redis-acl", "admin"], ("admin",)),
     Case("doctor on a URL that is not http", ["doctor", "ftp://x"], ("ftp://x",)),
+    Case("bench without matplotlib", ["bench", "--quick", "--out", "b"], ("matplotlib", "cl-scale[loadtest]"),
+         env={"PYTHONPATH": "hide", "HIDE_MODULES": "matplotlib"}, files={"hide/sitecustomize.py": HIDE}),
+    Case("loadtest without locust", ["loadtest", "http://127.0.0.1:1"], ("locust", "cl-scale[loadtest]"),
+         env={"PYTHONPATH": "hide", "HIDE_MODULES": "locust"}, files={"hide/sitecustomize.py": HIDE}),
     Case("loadtest --users 0", ["loadtest", "http://127.0.0.1:1", "--users", "0"], ("--users", "0")),
 ]
 
@@ -216,6 +230,7 @@ def fill(text: str, values: dict[str, str]) -> str:
 def test_bad_input_is_refused_in_one_clear_line(case, env, tmp_path):
     (tmp_path / "app.py").write_text(APP)
     for name, content in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("CL_SCALE_", "REDIS_", "CHAINLIT_"))}
     environ.update({"CHAINLIT_AUTH_SECRET": AUTH, **case.env})

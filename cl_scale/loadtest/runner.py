@@ -80,8 +80,13 @@ def run_locust(url: str, *, users: int, spawn_rate: float, run_time: str, scenar
     seconds = duration_seconds(run_time)
     import importlib.util
 
-    missing = [pkg for module, pkg in (("locust", "locust"), ("websocket", "websocket-client"))
-               if importlib.util.find_spec(module) is None]
+    def absent(module: str) -> bool:  # found without importing it: importing locust patches this process
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [pkg for module, pkg in (("locust", "locust"), ("websocket", "websocket-client")) if absent(module)]
     if missing:
         raise UserError(f"{', '.join(missing)} not installed: pip install 'cl-scale[loadtest]'")
     locustfile = Path(locustfile or LOCUSTFILE)

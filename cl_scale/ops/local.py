@@ -91,6 +91,8 @@ class LocalCluster:
     def start(self, progress=lambda text: None) -> dict:
         self.check()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Logs, PIDs, a Redis dump and local secrets: never for a repository (as .pytest_cache does).
+        (self.state_dir / ".gitignore").write_text("# written by cl-scale up\n*\n")
         try:
             app_dir, app_name = self._app()
             progress("preparing the app directory")

@@ -65,7 +65,7 @@ def test_scoped_tokens_are_checked_against_what_redis_holds(gateway):
     assert [b.content for b in bodies(r, BOB)] == ["ok"] and [b.content for b in bodies(r, ALICE)] == ["ok"]
 
 
-@pytest.mark.parametrize("headers, path, kwargs, status", [
+BAD_REQUESTS = [
     ({}, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": "x"}}, 401),
     ({"Authorization": "Bearer nope"}, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": "x"}}, 401),
     (AUTH, f"/cl-scale/v1/sessions/{BOB}/messages", {"json": {"text": 5}}, 422),
@@ -80,7 +80,10 @@ def test_scoped_tokens_are_checked_against_what_redis_holds(gateway):
     (AUTH, f"/cl-scale/v1/sessions/{BOB}/stream", {"json": {"tokens": ["a"], "offset": 10 ** 29}}, 422),
     (AUTH, "/cl-scale/v1/users/eve%7Bx%7D/messages", {"json": {"text": "x"}}, 422),
     (AUTH, f"/cl-scale/v1/planets/{BOB}/messages", {"json": {"text": "x"}}, 404),
-])
+]
+
+
+@pytest.mark.parametrize("headers, path, kwargs, status", BAD_REQUESTS)
 def test_bad_requests_are_refused_as_json(gateway, headers, path, kwargs, status):
     http, r, _ = gateway
     resp = http.post(path, headers=headers, **kwargs)

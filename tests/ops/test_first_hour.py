@@ -50,6 +50,8 @@ async def test_up_send_and_loadtest_with_nothing_set(tmp_path):
     up = cli("up", "app.py", "--replicas", "2", "--port", str(port), "--detach", cwd=tmp_path)
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"http://127.0.0.1:{port}" in up.stdout and "cl-scale down" in up.stdout
+    # the state dir (logs, PIDs, a dev key) keeps itself out of the user's repository
+    assert (tmp_path / ".cl-scale" / ".gitignore").read_text().splitlines()[-1] == "*"
     try:
         client = ChainlitClient(f"http://127.0.0.1:{port}")
         await client.connect()

@@ -24,6 +24,8 @@ COOKIE_CASES = [
     ("a 10 KB body", {"json": {"session_id": GOOD, "pad": "x" * 10_000}}, 413),
 ]
 
+ENGINEIO_JUNK = ["EIO=4&transport=polling&sid=nope", "EIO=9&transport=polling", "transport=carrier-pigeon"]
+
 
 def test_set_session_cookie_refuses_junk_and_keeps_good_ids(cluster):
     (inst,) = cluster.start(1).instances
@@ -35,6 +37,6 @@ def test_set_session_cookie_refuses_junk_and_keeps_good_ids(cluster):
         good = http.post(SET_COOKIE_PATH, json={"session_id": GOOD})
         assert good.status_code == 200 and f"{SESSION_COOKIE}={GOOD}" in good.headers["set-cookie"]
         # Engine.IO junk is python-socketio's to refuse: a 400, never a 500, and the instance lives on
-        for query in ("EIO=4&transport=polling&sid=nope", "EIO=9&transport=polling", "transport=carrier-pigeon"):
+        for query in ENGINEIO_JUNK:
             assert http.post(f"{SOCKETIO_PATH}/?{query}", content=b"4\xff\xfe").status_code == 400, query
         assert http.get("/readyz").status_code == 200

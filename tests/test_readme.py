@@ -1,0 +1,36 @@
+"""The README's claims that tests can check: the bad-input counts are the tables' sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import test_bad_input
+from tests.gateway import test_gateway_app, test_gateway_server
+from tests.runtime import test_bad_requests
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def bad_input_counts() -> str:
+    cli = len(test_bad_input.CASES)
+    http = (len(test_gateway_app.BAD_REQUESTS) + len(test_gateway_server.BAD_BODIES) + test_gateway_server.SLOW_OR_GONE
+            + len(test_bad_requests.COOKIE_CASES) + len(test_bad_requests.ENGINEIO_JUNK))
+    return (f"**{cli} bad command-line inputs** (`tests/test_bad_input.py`) and **{http} bad HTTP requests** "
+            "to the gateway and the instances (`tests/gateway/`, `tests/runtime/test_bad_requests.py`, "
+            "answered with a 4xx, JSON where cl-scale answers) are tested that way.")
+
+
+def test_readme_counts_the_bad_input_tables():
+    text = README.read_text()
+    block = text.split("<!-- bad-input:start -->\n", 1)[1].split("\n<!-- bad-input:end -->", 1)[0]
+    assert block == bad_input_counts(), f"README bad-input block should read:\n{bad_input_counts()}"
+
+
+def test_readme_performance_section_is_generated_from_results_json():
+    import json
+
+    from cl_scale.bench.report import MARK_END, MARK_START, readme_section
+
+    results = json.loads((README.parent / "bench" / "results.json").read_text())
+    block = README.read_text().split(MARK_START + "\n", 1)[1].split("\n" + MARK_END, 1)[0]
+    assert block == readme_section(results), "regenerate: cl-scale bench --readme README.md"
