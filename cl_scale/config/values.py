@@ -201,6 +201,23 @@ def _real_ip_header(v: str) -> str:
     return v
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+
+
+def _label_key(v: str) -> str:
+    if len(v) > 316 or not _LABEL_KEY.match(v):
+        raise ValueError("must be a Kubernetes label key like app.kubernetes.io/name")
+    return v
+
+
+def _label_value(v: str) -> str:
+    if not _LABEL_VALUE.match(v):
+        raise ValueError("must be a Kubernetes label value (<= 63 of letters, digits, '-', '_', '.')")
+    return v
+
+
 def _env(v: dict[str, str]) -> dict[str, str]:
     for key, value in v.items():
         if not _ENV_KEY.match(key):
@@ -269,6 +286,17 @@ class App(_Model):
     env: Annotated[dict[str, Str], AfterValidator(_env)] = Field(
         default_factory=dict, description="Extra NON-secret env vars for every instance (name: value). "
                                           "Secrets go in the auth.secretName Secret / .env.")
+    adminPort: Port = Field(
+        9090, description="k8s: second container port serving only /metrics and the worker gateway "
+                          "(/cl-scale/v1), never routed by the Ingress/HTTPRoute.")
+    extraSecrets: list[DnsSubdomain] = Field(
+        default_factory=list, description="k8s: existing Secrets loaded whole into the app's environment "
+                                          "(envFrom), e.g. your LLM API keys. Keys of the auth.secretName "
+                                          "Secret are loaded too: add yours to secrets.env.")
+    chainlitConfig: Str | None = Field(
+        None, description="k8s: the whole .chainlit/config.toml (multi-line string). null: the image's own "
+                          ".chainlit/ (config.toml, translations), copied into the writable directory at "
+                          "pod start; Chainlit writes its default if the image has none.")
 
 
 class Redis(_Model):
@@ -282,14 +310,20 @@ class Redis(_Model):
     storage: Quantity = Field("1Gi", description="PVC size of the bundled Redis (k8s quantity).")
     maxmemory: Annotated[Str, _pattern(_REDIS_MEMORY, "a Redis memory size like 256mb, 1gb")] = Field(
         "256mb", description="maxmemory of the bundled Redis (policy noeviction: sessions are never evicted).")
+    urlFromSecret: StrictBool = Field(
+        False, description="External Redis: read the whole URL from the Secret's CL_SCALE_REDIS_URL key "
+                           "instead of redis.url (a URL with a user name, or a host you keep private).")
 
     @model_validator(mode="after")
     def _check_url(self) -> "Redis":
         if self.url is not None:
             _check_redis_url(self.url)
-        if not self.enabled and not self.url:
+        if not self.enabled and not self.url and not self.urlFromSecret:
             raise FieldError("redis.enabled", self.enabled, "redis.enabled=false requires redis.url "
-                             "(an external Redis)")
+                             "(an external Redis), or redis.urlFromSecret=true")
+        if self.urlFromSecret and (self.enabled or self.url):
+            raise FieldError("redis.urlFromSecret", True, "only with redis.enabled=false and no redis.url "
+                             "(the URL then comes from the Secret)")
         if self.enabled and self.url:
             raise FieldError("redis.url", self.url, "redis.url is set but redis.enabled=true (bundled "
                              "Redis): set redis.enabled=false to use the external Redis")
@@ -323,6 +357,12 @@ class IngressTls(_Model):
 class Gateway(_Model):
     name: DnsSubdomain = Field("gateway", description="parentRef name of the Gateway for the HTTPRoute.")
     namespace: DnsLabel | None = Field(None, description="parentRef namespace (null: same namespace).")
+    affinity: Literal["sessionPersistence", "envoyGateway", "none"] = Field(
+        "sessionPersistence", description="How the route keeps a client on one pod: sessionPersistence "
+        "(the HTTPRoute field; Gateway API experimental-channel CRDs v1.1-v1.6.1, Envoy Gateway >= 1.2, "
+        "NGINX Gateway Fabric >= 2.4 with NGINX Plus), envoyGateway (an Envoy Gateway "
+        "BackendTrafficPolicy hashing the client address or a cookie; standard CRDs suffice), none "
+        "(no stickiness: needs websocketOnly=true). See docs/kubernetes.md.")
 
 
 class Ingress(_Model):
@@ -333,6 +373,11 @@ class Ingress(_Model):
     host: Annotated[str, AfterValidator(_ingress_host)] = Field(
         "chat.example.com", description="Public DNS name (RFC 1123, lowercase, '*.' wildcard allowed).")
     className: DnsSubdomain = Field("nginx", description="ingressClassName.")
+    controller: Literal["auto", "ingress-nginx", "traefik", "none"] = Field(
+        "auto", description="Which controller serves className, so its own stickiness is rendered: "
+        "ingress-nginx (annotations on the Ingress), traefik (sticky cookie on the Service), none (no "
+        "stickiness: needs websocketOnly=true). auto: nginx -> ingress-nginx, traefik -> traefik; any "
+        "other className must name its controller.")
     tls: IngressTls = Field(default_factory=IngressTls, description="TLS at the ingress.")
     gateway: Gateway = Field(default_factory=Gateway, description="Gateway API settings (kind: gateway).")
 
@@ -411,8 +456,20 @@ class Pdb(_Model):
 
 
 class NetworkPolicy(_Model):
-    enabled: StrictBool = Field(True, description="Only the ingress namespace and peers may reach app pods.")
-    ingressNamespace: DnsLabel = Field("ingress-nginx", description="Namespace allowed to reach the app pods.")
+    enabled: StrictBool = Field(True, description="Only the balancer, peers and labelled clients may reach "
+                                                  "app pods and Redis.")
+    ingressNamespace: DnsLabel | None = Field(
+        None, description="Namespace of the balancer's proxy pods, allowed to reach the app port. null: "
+                          "ingress-nginx for the ingress-nginx controller; required for traefik and "
+                          "Gateway API (Envoy Gateway: envoy-gateway-system).")
+    ingressPodLabels: dict[Annotated[str, AfterValidator(_label_key)], Annotated[Str, AfterValidator(_label_value)]] = Field(
+        default_factory=dict, description="Only pods with these labels in ingressNamespace (default: all).")
+    ingressCIDRs: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list, description="Address ranges allowed to reach the app port: a controller on "
+                                          "the host network (hostNetwork) sends from node addresses, which "
+                                          "no namespace selector matches; list the nodes' CIDRs.")
+    metricsNamespace: DnsLabel | None = Field(
+        None, description="Namespace of Prometheus, allowed to scrape the admin port (null: none).")
 
 
 class Auth(_Model):
@@ -448,7 +505,10 @@ class Values(_Model):
     auth: Auth = Field(default_factory=Auth, description="Where secrets live.")
     drain: Drain = Field(default_factory=Drain, description="Graceful shutdown.")
     websocketOnly: StrictBool = Field(
-        False, description="Clients skip long-polling; balancers may then drop polling support.")
+        False, description="Browsers use websockets only (Chainlit's transports), never long-polling: a "
+                           "balancer then needs no stickiness (ingress.controller / gateway.affinity none).")
+    createNamespace: StrictBool = Field(
+        True, description="k8s: render the Namespace object (not for 'default').")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Values":
@@ -456,6 +516,8 @@ class Values(_Model):
         if last > 65535:
             raise FieldError("app.port", self.app.port, f"app.port + replicas - 1 = {last} exceeds "
                              "65535 (instance i listens on app.port+i)")
+        if self.app.adminPort == self.app.port:
+            raise FieldError("app.adminPort", self.app.adminPort, "must differ from app.port")
         if self.nginx.tls.enabled and self.nginx.tls.listen == self.nginx.listen:
             raise FieldError("nginx.tls.listen", self.nginx.tls.listen, "must differ from nginx.listen")
         return self

@@ -69,6 +69,7 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
         "CL_SCALE_REDIS_URL": _redis_url(values),
         "CL_SCALE_SESSION_TIMEOUT": str(a.sessionTimeout),
         "CL_SCALE_DRAIN_SECONDS": str(values.drain.seconds),
+        "CL_SCALE_WEBSOCKET_ONLY": "true" if values.websocketOnly else "false",
     })
     probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"
     service: dict[str, Any] = {

@@ -102,7 +102,9 @@ def labels(v: Values, component: str) -> dict[str, str]:
 
 
 def metadata(v: Values, name: str, component: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "namespace": v.namespace, "labels": labels(v, component), **extra}
+    """Name, namespace, the common labels, and ``extra`` keys that have a value (empty ones are left out)."""
+    return {"name": name, "namespace": v.namespace, "labels": labels(v, component),
+            **{k: val for k, val in extra.items() if val}}
 
 
 # --------------------------------------------------------------------------- formatting

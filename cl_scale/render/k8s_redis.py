@@ -20,6 +20,7 @@ from cl_scale.render.k8s_common import (
     redis_name,
     selector,
 )
+from cl_scale.render.k8s_exposure import REDIS_CLIENT_LABEL
 
 # The passwords come from the Secret as env vars and are expanded by the shell (never rendered).
 # Values arrive as positional parameters ("$1".."$3", then the worker ACL rules), so no value is
@@ -140,8 +141,9 @@ def redis_service(v: Values) -> dict[str, Any]:
 
 
 def redis_network_policy(v: Values) -> dict[str, Any]:
-    """Only app pods may talk to Redis. Egress stays open (Redis needs none, but DNS-only egress
-    rules differ per CNI and a wrong one breaks the pod silently)."""
+    """App pods and pods labelled ``cl-scale.io/redis-client=true`` in this namespace (worker SDKs,
+    bridges) may talk to Redis. Egress stays open (Redis needs none, but DNS-only egress rules differ
+    per CNI and a wrong one breaks the pod silently)."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -150,7 +152,8 @@ def redis_network_policy(v: Values) -> dict[str, Any]:
             "podSelector": {"matchLabels": selector(v, "redis")},
             "policyTypes": ["Ingress"],
             "ingress": [{
-                "from": [{"podSelector": {"matchLabels": selector(v, "app")}}],
+                "from": [{"podSelector": {"matchLabels": selector(v, "app")}},
+                         {"podSelector": {"matchLabels": dict([REDIS_CLIENT_LABEL])}}],
                 "ports": [{"protocol": "TCP", "port": "redis"}],
             }],
         },

@@ -50,10 +50,29 @@ class InstanceApp:
         limit = settings.max_upload_bytes or (upload_limit_mb or DEFAULT_UPLOAD_MB) * 1024 * 1024
         self.forwarder = Forwarder(instance, chainlit_app, upload_limit=limit + MULTIPART_SLACK, tag=self._tag)
         self._gateway = None  # worker HTTP gateway (/cl-scale/v1), built on first use
+        self.admin_port = settings.admin_port
+
+    def _listener_refuses(self, scope) -> bool:
+        """With an admin port, ``/metrics`` and the gateway are served there only, and the admin port
+        serves nothing else but the health checks: what a public balancer routes to the app port
+        can never reach them."""
+        if self.admin_port is None:
+            return False
+        server = scope.get("server")
+        on_admin = bool(server) and server[1] == self.admin_port
+        path = scope["path"]
+        admin_path = path == "/metrics" or path.startswith(GATEWAY_PREFIX)
+        if on_admin:
+            return scope["type"] != "http" or not (admin_path or path in ("/healthz", "/readyz"))
+        return admin_path
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return await self.app(scope, self._lifespan_receive(receive), send)
+        if self._listener_refuses(scope):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await respond(send, 404, b'{"error":"not found"}')
         if scope["type"] == "http":
             path = scope["path"]
             if path == "/healthz":

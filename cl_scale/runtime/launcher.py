@@ -27,7 +27,10 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     from cl_scale.runtime.chainlit import boot
     from cl_scale.runtime.instance import Instance
 
-    sock = bind(settings.host, settings.port)  # a taken port is one line (exit 2), before anything loads
+    # A taken port is one line (exit 2), before anything loads.
+    sockets = [bind(settings.host, settings.port)]
+    if settings.admin_port is not None:
+        sockets.append(bind(settings.host, settings.admin_port))
     chainlit_app = boot.load(target, settings, headless=headless, debug=debug, root_path=root_path)
     instance = Instance(settings, chainlit_app.sio, api.restore_callbacks())
     instance.install()
@@ -42,7 +45,7 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
             log_level="debug" if debug else "warning", ws_per_message_deflate=settings.ws_per_message_deflate,
             ssl_keyfile=settings.ssl_keyfile, ssl_certfile=settings.ssl_certfile,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=SHUTDOWN_AFTER_DRAIN_SECONDS), instance)
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
 
     asyncio.run(serve())
 

@@ -29,6 +29,15 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(name, raw, "must be true or false")
+
+
 def _default_instance_id() -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "instance"
     return f"{host}-{uuid.uuid4().hex[:8]}"
@@ -43,6 +52,16 @@ class RuntimeSettings:
     instance_id: str = field(default_factory=_default_instance_id)
     #: How peers reach this instance directly (session-bound HTTP forwarding).
     advertise_url: str | None = None
+    #: Or just the host peers reach it at (Kubernetes: the pod IP from the downward API); the URL is
+    #: built from it and ``port``, with an IPv6 address bracketed.
+    advertise_host: str | None = None
+    #: A second listener for what only the cluster may reach: ``/metrics`` and the worker gateway
+    #: (``/cl-scale/v1``). When set, ``port`` no longer serves them (404), so a balancer that routes
+    #: everything under ``/`` to ``port`` cannot expose them. None: one listener serves everything.
+    admin_port: int | None = None
+    #: Clients use websockets only (Chainlit's ``[project] transports``), no long-polling: a balancer
+    #: then needs no stickiness, only websocket support.
+    websocket_only: bool = False
     #: Redis keys and channels start with this, so several apps can share one Redis.
     prefix: str = DEFAULT_PREFIX
     #: Seconds a disconnected session stays restorable; None = Chainlit's own ``session_timeout``.
@@ -93,6 +112,9 @@ class RuntimeSettings:
             doctor_token=_env("CL_SCALE_DOCTOR_TOKEN"),
             prefix=_env("CL_SCALE_PREFIX", DEFAULT_PREFIX),
             advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
+            advertise_host=_env("CL_SCALE_ADVERTISE_HOST"),
+            admin_port=_number("CL_SCALE_ADMIN_PORT", _env("CL_SCALE_ADMIN_PORT"), int, 1, 65535),
+            websocket_only=_flag("CL_SCALE_WEBSOCKET_ONLY", _env("CL_SCALE_WEBSOCKET_ONLY", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),
             max_upload_bytes=(_number("CL_SCALE_MAX_UPLOAD_MB", _env("CL_SCALE_MAX_UPLOAD_MB"), int, 1, 100_000)
                               or 0) * 1024 * 1024 or None,
@@ -116,7 +138,7 @@ class RuntimeSettings:
         settings = cls(**values)
         settings.validate()
         if not settings.advertise_url:
-            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = settings.advertise_host or ("127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host)
             host = f"[{host}]" if ":" in host else host
             settings.advertise_url = f"http://{host}:{settings.port}"
         return settings
@@ -139,6 +161,13 @@ class RuntimeSettings:
             if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(self.advertise_url) > 512:
                 raise ConfigError("advertise-url / CL_SCALE_ADVERTISE_URL", self.advertise_url,
                                   "must be an http:// or https:// URL peers can reach this instance at")
+        if self.advertise_host is not None and not _HOST.match(self.advertise_host):
+            raise ConfigError("CL_SCALE_ADVERTISE_HOST", self.advertise_host, "must be an IP address or a host name")
+        if self.admin_port is not None:
+            if isinstance(self.admin_port, bool) or not 1 <= self.admin_port <= 65535:
+                raise ConfigError("--admin-port / CL_SCALE_ADMIN_PORT", self.admin_port, "must be between 1 and 65535")
+            if self.admin_port == self.port:
+                raise ConfigError("--admin-port / CL_SCALE_ADMIN_PORT", self.admin_port, "must differ from --port")
         if self.session_timeout is not None and not 1 <= self.session_timeout <= 30 * DAY:
             raise ConfigError("CL_SCALE_SESSION_TIMEOUT", self.session_timeout, "must be a positive number of seconds")
         from cl_scale.wire.messages import parse_keys

@@ -25,13 +25,15 @@ KUBERNETES_VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 KUBECTL = shutil.which("kubectl")
 
 # Kinds kubernetes-validate has no schema for; each one must have its own check below.
-CRD_KINDS = {"HTTPRoute"}
+CRD_KINDS = {"HTTPRoute", "BackendTrafficPolicy"}
 REQUIRED_LABELS = ("name", "instance", "component", "part-of", "managed-by", "version")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_LOOKING = re.compile(r"password|secret|token", re.IGNORECASE)
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# Labels of cluster clients (workers, gateways' callers) the NetworkPolicies admit without rendering them.
+CLIENT_LABELS = {(("cl-scale.io/gateway-client", "true"),), (("cl-scale.io/redis-client", "true"),)}
 # Paths each component writes at run time (read-only root filesystem).
 WRITABLE = {"app": ["/app/.files", "/app/.chainlit", "/tmp"], "redis": ["/data", "/tmp"]}
 
@@ -112,29 +114,55 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@lru_cache(maxsize=1)
-def httproute_schema() -> dict:
-    schema = json.loads((DATA / "httproute-v1-experimental-v1.6.1.json").read_text())
+@lru_cache(maxsize=None)
+def crd_schema(name: str) -> dict:
+    schema = json.loads((DATA / name).read_text())
     schema = _strict(schema)
     schema["properties"]["metadata"] = {"type": "object"}  # checked with the common metadata rules
     return schema
 
 
-def check_httproute(doc: dict, services: dict[str, dict], problems: list[str]) -> None:
-    """Gateway API v1 HTTPRoute (experimental channel v1.6.1 CRD schema + the CEL rules we use)."""
+def _schema_problems(doc: dict, schema: str, where: str, problems: list[str]) -> None:
+    validator = jsonschema.Draft202012Validator(crd_schema(schema))
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+        problems.append(f"{where}: {'.'.join(map(str, err.path))}: {err.message}")
+
+
+def _seconds(duration: str) -> float:
+    """Gateway API duration (``1h30m``, ``3600s``, ``0s``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|h|m|s)", duration))
+
+
+def websocket_only(docs: list[dict]) -> bool:
+    return any(d["kind"] == "ConfigMap" and d.get("data", {}).get("CL_SCALE_WEBSOCKET_ONLY") == "true" for d in docs)
+
+
+def check_httproute(doc: dict, services: dict[str, dict], problems: list[str], docs: list[dict] = ()) -> None:
+    """Gateway API v1 HTTPRoute: a route with ``sessionPersistence`` against the experimental-channel
+    v1.6.1 CRD schema (the only channel that has it), any other against the standard-channel one (so
+    it applies where only standard CRDs are installed). Every rule must outlast a long-poll (Envoy's
+    default 15 s would cut it) and keep clients on one pod one way or another."""
     where = f"HTTPRoute/{doc['metadata']['name']}"
     if doc.get("apiVersion") != "gateway.networking.k8s.io/v1":
         problems.append(f"{where}: apiVersion {doc.get('apiVersion')}")
-    validator = jsonschema.Draft202012Validator(httproute_schema())
-    for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
-        problems.append(f"{where}: {'.'.join(map(str, err.path))}: {err.message}")
     spec = doc.get("spec", {})
+    persistent = any("sessionPersistence" in r for r in spec.get("rules", []))
+    _schema_problems(doc, "httproute-v1-experimental-v1.6.1.json" if persistent else
+                     "httproute-v1-standard-v1.6.1.json", where, problems)
     if not spec.get("parentRefs"):
         problems.append(f"{where}: no parentRefs")
+    policies = [p for p in docs if p["kind"] == "BackendTrafficPolicy" and any(
+        t.get("kind") == "HTTPRoute" and t.get("name") == doc["metadata"]["name"] for t in p["spec"]["targetRefs"])]
     for rule in spec.get("rules", []):
+        request = rule.get("timeouts", {}).get("request")
+        if request is None or (_seconds(request) != 0 and _seconds(request) < 60):
+            problems.append(f"{where}: request timeout {request!r} would cut Engine.IO long-polls (45 s)")
         sp = rule.get("sessionPersistence")
         if not sp:
-            problems.append(f"{where}: rule without sessionPersistence (no stickiness)")
+            if not policies and not websocket_only(docs):
+                problems.append(f"{where}: rule without sessionPersistence or a BackendTrafficPolicy, and "
+                                "clients long-poll (no stickiness)")
         else:
             if "cookieConfig" in sp and sp.get("type", "Cookie") != "Cookie":
                 problems.append(f"{where}: cookieConfig can only be set with type Cookie")
@@ -148,6 +176,18 @@ def check_httproute(doc: dict, services: dict[str, dict], problems: list[str]) -
                 problems.append(f"{where}: backendRef {ref} is not a rendered Service")
             elif ref.get("port") not in [p["port"] for p in svc["spec"]["ports"]]:
                 problems.append(f"{where}: backendRef port {ref.get('port')} not on Service {ref['name']}")
+            elif next(p for p in svc["spec"]["ports"] if p["port"] == ref["port"]).get("name") != "http":
+                problems.append(f"{where}: backendRef port {ref['port']} is not the public http port")
+
+
+def check_backend_traffic_policy(doc: dict, docs: list[dict], problems: list[str]) -> None:
+    """Envoy Gateway v1.9.0 CRD schema; it must target a rendered HTTPRoute."""
+    where = f"BackendTrafficPolicy/{doc['metadata']['name']}"
+    _schema_problems(doc, "backendtrafficpolicy-v1alpha1-envoy-gateway-v1.9.0.json", where, problems)
+    routes = {d["metadata"]["name"] for d in docs if d["kind"] == "HTTPRoute"}
+    for ref in doc["spec"].get("targetRefs", []):
+        if ref.get("kind") != "HTTPRoute" or ref.get("name") not in routes:
+            problems.append(f"{where}: targetRef {ref} is not a rendered HTTPRoute")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -182,7 +222,10 @@ def check_metadata(docs: list[dict], namespace: str, problems: list[str]) -> Non
     for d in docs:
         md = d.get("metadata", {})
         where = f"{d.get('kind')}/{md.get('name')}"
-        if md.get("namespace") != namespace:
+        if d["kind"] == "Namespace":
+            if md.get("name") != namespace or "namespace" in md:
+                problems.append(f"{where}: Namespace object for {md.get('name')!r}, expected {namespace!r}")
+        elif md.get("namespace") != namespace:
             problems.append(f"{where}: namespace {md.get('namespace')!r} != {namespace!r}")
         name = md.get("name", "")
         limit = 63 if d["kind"] in ("Service", "Deployment", "StatefulSet") else 253
@@ -218,8 +261,9 @@ def check_workloads(docs: list[dict], problems: list[str]) -> None:
         claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
         used: set[str] = set()
         component = t["metadata"]["labels"].get("app.kubernetes.io/component", "")
-        for c in pod["containers"]:
-            cw = f"{where} container {c['name']}"
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            init = c in pod.get("initContainers", [])
+            cw = f"{where} {'init container' if init else 'container'} {c['name']}"
             csc = c.get("securityContext", {})
             if csc.get("readOnlyRootFilesystem") is not True:
                 problems.append(f"{cw}: readOnlyRootFilesystem is not true")
@@ -240,7 +284,7 @@ def check_workloads(docs: list[dict], problems: list[str]) -> None:
                     cm = cms.get(vol["configMap"]["name"])
                     if cm is None or m["subPath"] not in cm.get("data", {}):
                         problems.append(f"{cw}: subPath {m['subPath']} not a key of ConfigMap {vol['configMap']['name']}")
-            for path in WRITABLE.get(component, []):
+            for path in ([] if init else WRITABLE.get(component, [])):
                 if path not in writable:
                     problems.append(f"{cw}: {path} is written at run time but not a writable volume")
             ports = {p["name"] for p in c.get("ports", []) if "name" in p}
@@ -254,7 +298,7 @@ def check_workloads(docs: list[dict], problems: list[str]) -> None:
                     if (port not in ports) if isinstance(port, str) else \
                             port not in [p["containerPort"] for p in c.get("ports", [])]:
                         problems.append(f"{cw}: {kind} port {port!r} is not a container port")
-            if component == "app":
+            if component == "app" and not init:
                 for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                     if kind not in c:
                         problems.append(f"{cw}: missing {kind}")
@@ -329,8 +373,26 @@ def check_services(docs: list[dict], problems: list[str]) -> dict[str, dict]:
 
 
 def check_ingress(docs: list[dict], services: dict[str, dict], problems: list[str]) -> None:
+    """Each controller's own stickiness, where that controller reads it: ingress-nginx annotations on
+    an Ingress of an nginx class (a hash key that is never empty), Traefik's sticky cookie on the
+    backend Service; or websocket-only clients. Only the public port is a backend."""
     for ing in (d for d in docs if d["kind"] == "Ingress"):
         where = f"Ingress/{ing['metadata']['name']}"
+        ann = ing["metadata"].get("annotations", {})
+        nginx = {k: v for k, v in ann.items() if k.startswith("nginx.ingress.kubernetes.io/")}
+        cls = ing["spec"].get("ingressClassName", "")
+        if nginx and "traefik" in cls:
+            problems.append(f"{where}: ingress-nginx annotations on class {cls!r} (ignored there)")
+        hash_by = nginx.get("nginx.ingress.kubernetes.io/upstream-hash-by")
+        if hash_by is not None and hash_by != "$remote_addr":
+            problems.append(f"{where}: upstream-hash-by {hash_by!r} may be empty (every client on one pod)")
+        backends = {p["backend"]["service"]["name"] for r in ing["spec"].get("rules", [])
+                    for p in r.get("http", {}).get("paths", [])}
+        traefik = any(services.get(b, {}).get("metadata", {}).get("annotations", {}).get(
+            "traefik.ingress.kubernetes.io/service.sticky.cookie") == "true" for b in backends)
+        sticky = bool(hash_by) or nginx.get("nginx.ingress.kubernetes.io/affinity") == "cookie" or traefik
+        if not sticky and not websocket_only(docs):
+            problems.append(f"{where}: no stickiness its controller reads, and clients long-poll")
         hosts = {r.get("host") for r in ing["spec"].get("rules", [])}
         for tls in ing["spec"].get("tls", []):
             if not set(tls.get("hosts", [])) <= hosts or not tls.get("secretName"):
@@ -346,6 +408,8 @@ def check_ingress(docs: list[dict], services: dict[str, dict], problems: list[st
                     continue
                 port = backend["port"]
                 ports = svc["spec"]["ports"]
+                if port.get("name", "http") != "http":
+                    problems.append(f"{where}: backend port {port} is not the public http port")
                 if ("name" in port and port["name"] not in [p.get("name") for p in ports]) or \
                         ("number" in port and port["number"] not in [p["port"] for p in ports]):
                     problems.append(f"{where}: backend port {port} not on Service {backend['name']}")
@@ -364,7 +428,9 @@ def check_policies(docs: list[dict], problems: list[str]) -> None:
                 for rule in d["spec"].get("ingress", []):
                     for peer in rule.get("from", []):
                         ps = peer.get("podSelector")
-                        if ps is not None and "namespaceSelector" not in peer and not _selected(ps["matchLabels"], docs):
+                        client = ps is not None and tuple(ps["matchLabels"].items()) in CLIENT_LABELS
+                        if ps is not None and "namespaceSelector" not in peer and not client and \
+                                not _selected(ps["matchLabels"], docs):
                             problems.append(f"{where}: peer podSelector matches no pods")
                     for port in rule.get("ports", []):
                         if not all(_port_exists(port["port"], t) for _, t in pods):
@@ -400,11 +466,13 @@ def check_all(docs: list[dict], *, namespace: str, secret_keys: dict[str, set[st
     services = check_services(docs, problems)
     check_ingress(docs, services, problems)
     for route in (d for d in docs if d["kind"] == "HTTPRoute"):
-        check_httproute(route, services, problems)
+        check_httproute(route, services, problems, docs)
+    for policy in (d for d in docs if d["kind"] == "BackendTrafficPolicy"):
+        check_backend_traffic_policy(policy, docs, problems)
     check_policies(docs, problems)
     check_no_secrets(docs, problems)
     unknown = {d["kind"] for d in docs} - {
-        "ServiceAccount", "ConfigMap", "Service", "Deployment", "StatefulSet", "Ingress",
+        "Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment", "StatefulSet", "Ingress",
         "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", *CRD_KINDS}
     if unknown:
         problems.append(f"kinds without checks here: {unknown}")

@@ -53,7 +53,7 @@ def test_default_files():
     assert set(kust["resources"]) == {f for f in files if f.endswith(".yaml") and f != "kustomization.yaml"}
     assert kust["secretGenerator"] == [{
         "name": "chainlit-secrets", "type": "Opaque", "envs": ["secrets.env"],
-        "options": {"disableNameSuffixHash": True, "labels": kust["secretGenerator"][0]["options"]["labels"]}}]
+        "options": {"labels": kust["secretGenerator"][0]["options"]["labels"]}}]  # hashed name: see issue 14.9
     assert [ln for ln in files["secrets.env.example"].splitlines() if not ln.startswith("#")] == \
         [f"{k}=" for k in SECRET_KEYS]
     assert files[".gitignore"] == "secrets.env\n"
@@ -63,7 +63,7 @@ def test_default_files():
 
 
 def test_optional_files():
-    files = k8s.render(values(hpa={"enabled": True}, ingress={"kind": "gateway"},
+    files = k8s.render(values(hpa={"enabled": True}, ingress={"kind": "gateway"}, networkPolicy={"ingressNamespace": "gw"},
                               auth={"existingSecret": True}, redis={"enabled": False, "url": "redis://r:6379"}))
     assert "hpa.yaml" in files and "httproute.yaml" in files and "ingress.yaml" not in files
     assert "secrets.env.example" not in files and "redis-statefulset.yaml" not in files
@@ -71,7 +71,7 @@ def test_optional_files():
 
 
 def test_stream_has_no_secret_and_every_object():
-    for v in (Values(), values(ingress={"kind": "gateway"}, hpa={"enabled": True})):
+    for v in (Values(), values(ingress={"kind": "gateway"}, hpa={"enabled": True}, networkPolicy={"ingressNamespace": "gw"})):
         stream = k8s.render_stream(v)
         docs = [d for d in yaml.safe_load_all(stream) if d]
         assert docs == manifest_docs(k8s.render(v))
@@ -82,7 +82,7 @@ def test_stream_has_no_secret_and_every_object():
 def test_labels_and_stable_selectors():
     v = values(name="bot", namespace="prod", app={"image": "reg.example.com/bot:v2.3.1"})
     for d in manifest_docs(k8s.render(v)):
-        assert d["metadata"]["namespace"] == "prod"
+        assert d["metadata"].get("namespace", d["metadata"]["name"]) == "prod"  # the Namespace itself: its name
         labels = d["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "bot"
         assert labels["app.kubernetes.io/part-of"] == "bot"
@@ -115,10 +115,11 @@ def test_app_pod_matches_runtime_contract():
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["command"] == ["cl-scale", "run", "chat/app.py", "--host", "0.0.0.0", "--port", "9000"]
-    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"},
+                          {"name": "admin", "containerPort": 9090, "protocol": "TCP"}]
     env = {e["name"]: e for e in c["env"]}
     assert env["CL_SCALE_INSTANCE_ID"]["value"] == "$(POD_NAME)"
-    assert env["CL_SCALE_ADVERTISE_URL"]["value"] == "http://$(POD_IP):9000"
+    assert env["CL_SCALE_ADVERTISE_HOST"]["value"] == "$(POD_IP)"  # the runtime brackets IPv6
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["CL_SCALE_REDIS_URL"]["value"] == "redis://chainlit-redis:6379/0"
@@ -126,7 +127,7 @@ def test_app_pod_matches_runtime_contract():
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "chainlit-secrets"
     assert env["CL_SCALE_WORKER_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert "optional" not in env["CHAINLIT_AUTH_SECRET"]["valueFrom"]["secretKeyRef"]
-    assert c["envFrom"] == [{"configMapRef": {"name": "chainlit-env"}}]
+    assert c["envFrom"] == [{"configMapRef": {"name": "chainlit-env"}}, {"secretRef": {"name": "chainlit-secrets"}}]
     assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -156,9 +157,9 @@ def test_configmaps_hold_settings_never_secrets():
     env_cm = by_kind(v, "ConfigMap", "chainlit-env")
     assert env_cm["data"] == {
         "CHAINLIT_APP_ROOT": "/app", "HOME": "/tmp", "CL_SCALE_SESSION_TIMEOUT": "1800",
-        "CL_SCALE_DRAIN_SECONDS": "12", "LOG_LEVEL": "debug"}
-    toml = by_kind(v, "ConfigMap", "chainlit-config")["data"]["config.toml"]
-    assert "session_timeout = 1800" in toml
+        "CL_SCALE_DRAIN_SECONDS": "12", "CL_SCALE_ADMIN_PORT": "9090", "CL_SCALE_WEBSOCKET_ONLY": "false",
+        "LOG_LEVEL": "debug"}
+    assert [d for d in manifest_docs(k8s.render(v)) if d["kind"] == "ConfigMap"] == [env_cm]  # no config.toml
 
 
 @pytest.mark.parametrize("key", ["CHAINLIT_APP_ROOT", "POD_NAME", "POD_IP", "CL_SCALE_REDIS_URL"])
@@ -172,9 +173,13 @@ def test_hpa_without_cpu_request_is_refused():
         k8s.render(values(hpa={"enabled": True}, resources={"requests": {"memory": "1Gi"}}))
 
 
-def test_chainlit_loads_the_rendered_config(tmp_path):
-    """The real Chainlit (subprocess, its own app root) accepts config.toml and reads the timeout."""
-    v = values(app={"sessionTimeout": 1234}, name="my-bot")
+USER_TOML = '[project]\nsession_timeout = 1234\n[UI]\nname = "my-bot"\n[meta]\ngenerated_by = "2.12.0"\n'
+
+
+def test_chainlit_loads_a_config_from_values(tmp_path):
+    """``app.chainlitConfig`` is mounted over the seeded copy; the real Chainlit (subprocess, its own
+    app root) accepts it."""
+    v = values(app={"chainlitConfig": USER_TOML}, name="my-bot")
     (tmp_path / ".chainlit").mkdir()
     (tmp_path / ".chainlit" / "config.toml").write_text(
         by_kind(v, "ConfigMap", "my-bot-config")["data"]["config.toml"])
@@ -184,6 +189,13 @@ def test_chainlit_loads_the_rendered_config(tmp_path):
                           timeout=120, env=dict(os.environ, CHAINLIT_APP_ROOT=str(tmp_path)))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["1234", "my-bot"]
+
+
+@pytest.mark.parametrize("toml,why", [("[project\n", "not valid TOML"), ("[project]\nx = 1\n", "[meta] generated_by")])
+def test_a_config_chainlit_would_refuse_is_refused(toml, why):
+    with pytest.raises(ConfigError, match="app.chainlitConfig") as err:
+        k8s.render(values(app={"chainlitConfig": toml}))
+    assert why in str(err.value)
 
 
 def test_hpa_and_pdb():
@@ -206,7 +218,9 @@ def test_network_policies():
     assert {"podSelector": app_np["spec"]["podSelector"]} in peers
     assert app_np["spec"]["policyTypes"] == ["Ingress"]  # egress open on purpose
     redis_np = by_kind(v, "NetworkPolicy", "chainlit-redis")
-    assert redis_np["spec"]["ingress"][0]["from"] == [{"podSelector": app_np["spec"]["podSelector"]}]
+    assert redis_np["spec"]["ingress"][0]["from"] == [
+        {"podSelector": app_np["spec"]["podSelector"]},
+        {"podSelector": {"matchLabels": {"cl-scale.io/redis-client": "true"}}}]  # workers, bridges
 
 
 # --------------------------------------------------------------------------- stickiness
@@ -214,7 +228,6 @@ def test_network_policies():
 
 @pytest.mark.parametrize("mode,expected", [
     ("ip_hash", {"nginx.ingress.kubernetes.io/upstream-hash-by": "$remote_addr"}),
-    ("header", {"nginx.ingress.kubernetes.io/upstream-hash-by": "$http_x_session_affinity"}),
     ("cookie", {"nginx.ingress.kubernetes.io/affinity": "cookie",
                 "nginx.ingress.kubernetes.io/affinity-mode": "persistent",
                 "nginx.ingress.kubernetes.io/session-cookie-name": "chainlit-affinity",
@@ -254,17 +267,17 @@ def test_read_timeout_follows_nginx_values():
 @pytest.mark.parametrize("mode,persistence", [
     ("ip_hash", {"type": "Cookie", "sessionName": "chainlit-affinity", "cookieConfig": {"lifetimeType": "Session"}}),
     ("cookie", {"type": "Cookie", "sessionName": "chainlit-affinity", "cookieConfig": {"lifetimeType": "Session"}}),
-    ("header", {"type": "Header", "sessionName": "X-Session-Affinity"}),
 ])
 def test_httproute(mode, persistence):
-    route = by_kind(values(sticky={"mode": mode}, ingress={"kind": "gateway", "gateway": {"name": "gw", "namespace": "infra"}}),
-                    "HTTPRoute")
+    route = by_kind(values(sticky={"mode": mode}, ingress={"kind": "gateway", "gateway": {"name": "gw", "namespace": "infra"}},
+                           networkPolicy={"ingressNamespace": "infra"}), "HTTPRoute")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
     assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "infra"}]
     assert route["spec"]["hostnames"] == ["chat.example.com"]
     rule = route["spec"]["rules"][0]
     assert rule["sessionPersistence"] == persistence
     assert rule["backendRefs"] == [{"name": "chainlit", "port": 80}]
+    assert rule["timeouts"] == {"request": "3600s"}
 
 
 # --------------------------------------------------------------------------- Redis

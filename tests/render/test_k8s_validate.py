@@ -18,28 +18,38 @@ from tests.render import k8s_checks as kc
 
 VERSIONS = kc.validate_versions()
 
-# Pairwise over sticky x ingress kind x redis x hpa x tls (every pair of levels appears; see
-# test_matrix_is_pairwise), plus rows for the remaining switches.
+# Pairwise over sticky x exposure x redis x hpa x tls (every pair of levels appears; see
+# test_matrix_is_pairwise), plus rows for the remaining switches. Exposure: which balancer serves the
+# app (ingress-nginx, Traefik, Gateway API with sessionPersistence, Envoy Gateway's policy, or none).
 MATRIX = [
-    # sticky,   kind,      redis,     hpa,  tls,  extra values
-    ("ip_hash", "ingress", "bundled", False, False, {}),
-    ("ip_hash", "gateway", "external", True, True, {}),
-    ("cookie", "ingress", "external", True, False, {}),
-    ("cookie", "gateway", "bundled", False, True, {}),
-    ("header", "ingress", "bundled", True, True, {}),
-    ("header", "gateway", "external", False, False, {}),
-    ("header", "ingress", "external", True, False,
-     {"auth": {"existingSecret": True, "secretName": "prod.chat-secrets"},
-      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False}}),
+    # sticky,   exposure,        redis,      hpa,   tls,  extra values
+    ("cookie", "ingress-nginx", "external", False, False, {}),
+    ("ip_hash", "ingress-nginx", "bundled", True, True, {}),
+    ("cookie", "traefik", "bundled", False, True, {}),
+    ("ip_hash", "traefik", "external", True, False, {}),
+    ("cookie", "gateway", "external", True, True, {}),
+    ("ip_hash", "gateway", "bundled", False, False, {}),
+    ("ip_hash", "envoy", "external", True, False, {}),
+    ("cookie", "envoy", "bundled", False, True, {}),
+    ("ip_hash", "none", "bundled", True, True, {}),
+    ("cookie", "none", "external", False, False, {}),
+    ("ip_hash", "ingress-nginx", "external", True, False,
+     {"auth": {"existingSecret": True, "secretName": "prod.chat-secrets"}, "app": {"extraSecrets": ["llm-keys"]},
+      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False}, "redis": {"url": None, "urlFromSecret": True}}),
     ("cookie", "gateway", "bundled", False, False,
      {"name": "support-bot", "namespace": "team-a", "replicas": 5,
       "sticky": {"cookieName": "route"}, "pdb": {"maxUnavailable": "25%"},
       "ingress": {"gateway": {"name": "public", "namespace": "gateways"}, "host": "*.chat.example.org"},
-      "app": {"env": {"LOG_LEVEL": "debug", "FEATURE_X": "on"}, "port": 9000,
-              "image": "ghcr.io/acme/bot@sha256:" + "a" * 64, "imagePullPolicy": "Always"},
+      "networkPolicy": {"ingressPodLabels": {"gateway.envoyproxy.io/owning-gateway-name": "public"},
+                        "metricsNamespace": "monitoring"},
+      "app": {"env": {"LOG_LEVEL": "debug", "FEATURE_X": "on"}, "port": 9000, "adminPort": 9001,
+              "image": "ghcr.io/acme/bot@sha256:" + "a" * 64, "imagePullPolicy": "Always",
+              "chainlitConfig": '[project]\ntransports = ["websocket"]\n[meta]\ngenerated_by = "2.12.0"\n'},
       "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}}),
-    ("ip_hash", "ingress", "bundled", False, False, {"ingress": {"enabled": False}, "replicas": 1}),
+    ("ip_hash", "ingress-nginx", "bundled", False, False,
+     {"ingress": {"enabled": False}, "replicas": 1, "networkPolicy": {"ingressCIDRs": ["10.0.0.0/16"]}}),
 ]
+EXPOSURES = ("ingress-nginx", "traefik", "gateway", "envoy", "none")
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -49,10 +59,20 @@ def deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def make_values(sticky, kind, redis, hpa, tls, extra) -> Values:
+def make_values(sticky, exposure, redis, hpa, tls, extra) -> Values:
+    ingress = {
+        "ingress-nginx": {"kind": "ingress"},
+        "traefik": {"kind": "ingress", "className": "traefik"},
+        "gateway": {"kind": "gateway"},
+        "envoy": {"kind": "gateway", "gateway": {"affinity": "envoyGateway"}},
+        "none": {"kind": "ingress", "className": "haproxy", "controller": "none"},
+    }[exposure]
     data = {
         "sticky": {"mode": sticky},
-        "ingress": {"kind": kind, "tls": {"enabled": tls}},
+        "ingress": {**ingress, "tls": {"enabled": tls}},
+        "networkPolicy": {"ingressNamespace": {"traefik": "traefik", "gateway": "envoy-gateway-system",
+                                               "envoy": "envoy-gateway-system", "none": "haproxy"}.get(exposure)},
+        "websocketOnly": exposure == "none",
         "redis": {"enabled": True} if redis == "bundled" else
                  {"enabled": False, "url": "rediss://redis.example.com:6380/2"},
         "hpa": {"enabled": hpa, "minReplicas": 2, "maxReplicas": 6, "scaleDownStabilizationSeconds": 900},
@@ -73,9 +93,13 @@ def manifest_docs(files: dict[str, str]) -> list[dict]:
 
 
 def secret_keys(v: Values, files: dict[str, str]) -> dict[str, set[str]]:
-    if v.auth.existingSecret:
-        return {v.auth.secretName: set(SECRET_KEYS)}  # the documented contract of the Secret
-    return {v.auth.secretName: kc.env_example_keys(files["secrets.env.example"])}
+    """Secret name -> keys: the documented contract of an existing Secret, else what secrets.env.example
+    lists; extraSecrets are the user's (loaded whole, no key referenced)."""
+    if v.auth.existingSecret:  # the documented contract of the Secret
+        out = {v.auth.secretName: set(SECRET_KEYS) | ({"CL_SCALE_REDIS_URL"} if v.redis.urlFromSecret else set())}
+    else:
+        out = {v.auth.secretName: kc.env_example_keys(files["secrets.env.example"])}
+    return {**out, **{name: set() for name in v.app.extraSecrets}}
 
 
 def write_dir(root: Path, files: dict[str, str]) -> Path:
@@ -89,12 +113,12 @@ def write_dir(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_matrix_is_pairwise():
-    levels = [(0, ("ip_hash", "cookie", "header")), (1, ("ingress", "gateway")),
+    levels = [(0, ("ip_hash", "cookie")), (1, EXPOSURES),
               (2, ("bundled", "external")), (3, (False, True)), (4, (False, True))]
     for (i, li), (j, lj) in itertools.combinations(levels, 2):
         seen = {(row[i], row[j]) for row in MATRIX}
         assert seen == set(itertools.product(li, lj)), (i, j)
-    assert len(MATRIX) <= 12
+    assert len(MATRIX) <= 13
 
 
 def test_validate_versions_include_newest_bundled():
@@ -130,8 +154,11 @@ def test_matrix_validates(row, tmp_path):
     assert ("secrets.env.example" in files) is (not v.auth.existingSecret)
     assert ("secretGenerator" in yaml.safe_load(files["kustomization.yaml"])) is (not v.auth.existingSecret)
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["CL_SCALE_REDIS_URL"]["value"] == (f"redis://{v.name}-redis:6379/0" if v.redis.enabled
-                                                  else v.redis.url)
+    if v.redis.urlFromSecret:
+        assert env["CL_SCALE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "CL_SCALE_REDIS_URL"
+    else:
+        assert env["CL_SCALE_REDIS_URL"]["value"] == (f"redis://{v.name}-redis:6379/0" if v.redis.enabled
+                                                      else v.redis.url)
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"].get("optional", False) is (not v.redis.enabled)
     ing = next((d for d in docs if d["kind"] == "Ingress"), None)
     if ing is not None:
@@ -152,14 +179,22 @@ def test_matrix_kustomize_builds(row, tmp_path):
     rest = [d for d in built if d["kind"] != "Secret"]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rest) == \
         sorted((d["kind"], d["metadata"]["name"]) for d in manifest_docs(files))
-    assert all(d["metadata"]["namespace"] == v.namespace for d in built)
+    assert all(d["metadata"]["namespace"] == v.namespace for d in built if d["kind"] != "Namespace")
     if v.auth.existingSecret:
         assert secrets == []
     else:
         (secret,) = secrets
-        assert secret["metadata"]["name"] == v.auth.secretName  # no hash suffix: pods use the name
+        # A content hash in the name, and every reference rewritten to it: a new password rolls both
+        # the app pods and Redis (point 9 of issue 14).
+        assert secret["metadata"]["name"].startswith(v.auth.secretName + "-")
         assert set(secret["data"]) == set(SECRET_KEYS)
         assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cl-scale"
+        refs = [ref for w in built if w["kind"] in ("Deployment", "StatefulSet")
+                for c in w["spec"]["template"]["spec"]["containers"]
+                for ref in [*(e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                              if "secretKeyRef" in e.get("valueFrom", {})),
+                            *(f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f)]]
+        assert refs and set(refs) == {secret["metadata"]["name"]}
 
 
 @pytest.mark.skipif(kc.KUBECTL is None, reason="kubectl not installed")
@@ -193,7 +228,7 @@ def test_harness_reports_schema_errors_and_unknown_kinds(tmp_path):
 
 
 def test_harness_own_checks_catch_broken_references():
-    v = Values.model_validate({"ingress": {"kind": "gateway"}})
+    v = Values.model_validate({"ingress": {"kind": "gateway"}, "networkPolicy": {"ingressNamespace": "gw"}})
     files = k8s.render(v)
     docs = manifest_docs(files)
     keys = secret_keys(v, files)
@@ -217,15 +252,25 @@ def test_harness_own_checks_catch_broken_references():
     assert problems_after("HTTPRoute", ["spec", "rules", 0, "sessionPersistence", "type"], "Sticky")
     assert problems_after("HTTPRoute", ["spec", "rules", 0, "backendRefs", 0, "port"], 8080)
     assert problems_after("HTTPRoute", ["spec", "rules", 0, "sessionPersistence", "colour"], "x")
+    assert problems_after("HTTPRoute", ["spec", "rules", 0, "timeouts"], {})  # Envoy's 15 s default
+    assert problems_after("HTTPRoute", ["spec", "rules", 0, "timeouts", "request"], "15s")
+    assert problems_after("HTTPRoute", ["spec", "rules", 0, "sessionPersistence"], None)
+    assert problems_after("HTTPRoute", ["spec", "rules", 0, "backendRefs", 0, "port"], 9090)  # admin port
+    assert problems_after("Deployment", ["spec", "template", "spec", "initContainers", 0, "securityContext"], {})
     assert problems_after("ConfigMap", ["data", "REDIS_PASSWORD"], "x")
     assert problems_after("NetworkPolicy", ["spec", "ingress", 0, "ports", 0, "port"], "grpc")
     assert problems_after("ServiceAccount", ["metadata", "namespace"], "other")
     docs_ing = manifest_docs(k8s.render(Values()))
     i = next(i for i, d in enumerate(docs_ing) if d["kind"] == "Ingress")
     rule_path = ["spec", "rules", 0, "http", "paths", 0]
+    hash_by = ["metadata", "annotations", "nginx.ingress.kubernetes.io/upstream-hash-by"]
     for path, value in [(rule_path + ["pathType"], "Regex"),
                         (rule_path + ["backend", "service", "port"], {"name": "https"}),
-                        (rule_path + ["backend", "service", "name"], "other")]:
+                        (rule_path + ["backend", "service", "port"], {"name": "admin"}),
+                        (rule_path + ["backend", "service", "name"], "other"),
+                        (["metadata", "annotations"], {}),  # no stickiness at all
+                        (hash_by, "$http_x_session_affinity"),  # empty for every browser
+                        (["spec", "ingressClassName"], "traefik")]:  # annotations Traefik ignores
         broken = docs_ing[:i] + [kc.mutated(docs_ing[i], path, value)] + docs_ing[i + 1:]
         assert kc.check_all(broken, namespace="default", secret_keys=secret_keys(Values(), k8s.render(Values())))
 

@@ -1,6 +1,7 @@
 """Prepare Chainlit the way ``chainlit run`` does (chainlit/cli/__init__.py), step by step, adding
 a private files directory (Chainlit deletes its whole ``.files`` on shutdown, so instances sharing
-one would delete each other's uploads) and one session timeout for Chainlit and Redis."""
+one would delete each other's uploads), one session timeout for Chainlit and Redis, and websocket-only
+clients when the deployment asks for them (``CL_SCALE_WEBSOCKET_ONLY``: no stickiness needed)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def load(target: str, settings, *, headless: bool, debug: bool, root_path: str) 
     if settings.session_timeout is None:
         settings.session_timeout = int(config.project.session_timeout)
     config.project.session_timeout = settings.session_timeout
+    if settings.websocket_only:  # served to the browser, which then never long-polls
+        config.project.transports = ["websocket"]
     try:
         cl_config.load_module(target)
     except BaseException as exc:  # the app's own error: show it as the user's, briefly
