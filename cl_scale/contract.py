@@ -21,8 +21,9 @@ SECRET_ENV = {
     "REDIS_WORKER_PASSWORD": "bundled Redis only: password of the least-privilege `clscale-worker` "
                              "user workers connect with (may stay empty: no such user)",
 }
-#: Secrets a worker process reads (``cl-scale send``): never values either.
-WORKER_SECRET_ENV = ("CL_SCALE_WORKER_KEY",)
+#: Secrets a worker process reads (``cl-scale send``; broker passwords of ``cl-scale bridge`` and
+#: the outbound publisher): never values either.
+WORKER_SECRET_ENV = ("CL_SCALE_WORKER_KEY", "CL_SCALE_KAFKA_PASSWORD", "CL_SCALE_AMQP_PASSWORD")
 
 #: Env names the renderers set themselves: ``app.env`` may not set them. name -> why.
 RENDERED_ENV = {

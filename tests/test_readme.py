@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests import test_bad_input
+from tests.bridge import test_bridges
 from tests.gateway import test_gateway_app, test_gateway_server
 from tests.runtime import test_bad_requests
 
@@ -15,9 +16,12 @@ def bad_input_counts() -> str:
     cli = len(test_bad_input.CASES)
     http = (len(test_gateway_app.BAD_REQUESTS) + len(test_gateway_server.BAD_BODIES) + test_gateway_server.SLOW_OR_GONE
             + len(test_bad_requests.COOKIE_CASES) + len(test_bad_requests.ENGINEIO_JUNK))
-    return (f"**{cli} bad command-line inputs** (`tests/test_bad_input.py`) and **{http} bad HTTP requests** "
+    broker = len(test_bridges.bad_messages("s" * 8, "g" * 8))
+    return (f"**{cli} bad command-line inputs** (`tests/test_bad_input.py`), **{http} bad HTTP requests** "
             "to the gateway and the instances (`tests/gateway/`, `tests/runtime/test_bad_requests.py`, "
-            "answered with a 4xx, JSON where cl-scale answers) are tested that way.")
+            f"answered with a 4xx, JSON where cl-scale answers) and **{broker} bad broker messages** on each "
+            "of Kafka and RabbitMQ (`tests/bridge/test_bridges.py`, dead-lettered with their reason and "
+            "acknowledged) are tested that way.")
 
 
 def test_readme_counts_the_bad_input_tables():

@@ -38,6 +38,7 @@ def _root() -> None:
 
 # Command modules register themselves on ``app`` when imported.
 from cl_scale.cli import cluster_cmds, load_cmds, render_cmds, runtime_cmds, worker_cmds  # noqa: E402,F401,I001
+from cl_scale.cli import bridge_cmds  # noqa: E402,F401,I001
 
 
 def _interrupt(signum, frame):

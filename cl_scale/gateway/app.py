@@ -15,7 +15,7 @@ import logging
 import re
 
 import redis.exceptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -24,40 +24,13 @@ from starlette.routing import Route
 from cl_scale.contract import DEFAULT_PREFIX
 from cl_scale.wire import messages as p
 from cl_scale.worker.publisher import BufferFull, MessageTooLarge, OutboxFull, Publisher
+from cl_scale.worker.requests import MessageIn, StreamIn, UpdateIn
 
 log = logging.getLogger("cl_scale.gateway")
 PREFIX = "/cl-scale/v1"
 
 
 BODY_SECONDS = 30  # a request body must arrive within this (a body that never ends is a 408)
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=p.MAX_BYTES)
-    id: p.MessageId | None = Field(default=None, description="idempotency key / message id")
-    author: p.Author | None = None
-    elements: list[p.Element] = Field(default_factory=list, max_length=20)
-
-
-class UpdateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(max_length=p.MAX_BYTES)
-    author: p.Author | None = None
-
-
-class StreamIn(BaseModel):
-    """Tokens of one message. Several calls may extend one stream: pass the same ``id`` and the index of
-    the first token (``offset``); the last call sets ``end`` (and ``text``, the full text, if earlier
-    calls carried tokens)."""
-
-    model_config = ConfigDict(extra="forbid")
-    tokens: list[str] = Field(min_length=0, max_length=10_000)
-    id: p.MessageId | None = None
-    offset: int = Field(default=0, ge=0, le=1_000_000)
-    end: bool = True
-    text: str | None = Field(default=None, max_length=p.MAX_BYTES)
-    author: p.Author | None = None
 
 
 class Accepted(BaseModel):

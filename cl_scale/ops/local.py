@@ -198,9 +198,38 @@ def _metric(url: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def describe(state: dict) -> dict:
-    """The state file enriched with what is true now: alive, ready, sessions."""
+def bridge_heartbeats(state_dir: Path, stale_after: float = 20.0) -> list[dict]:
+    """The broker bridges reporting to this cluster's Redis (``Keyspace.bridges``), each with
+    ``stale`` set when its last heartbeat is older than ``stale_after`` seconds. [] if Redis is down."""
+    import redis
+
+    from cl_scale.worker.settings import WorkerSettings
+
+    try:
+        settings = WorkerSettings.from_env(state_dir=state_dir)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            raw = client.hgetall(settings.keys.bridges)
+        finally:
+            client.close()
+    except Exception:  # status reports what it can; Redis itself shows as DOWN in its own row
+        return []
+    out = []
+    for name, value in sorted(raw.items()):
+        try:
+            beat = json.loads(value)
+        except ValueError:
+            continue
+        beat["name"] = name.decode(errors="replace")
+        beat["stale"] = time.time() - float(beat.get("at") or 0) > stale_after
+        out.append(beat)
+    return out
+
+
+def describe(state: dict, bridges: list[dict] | None = None) -> dict:
+    """The state file enriched with what is true now: alive, ready, sessions, broker bridges."""
     out = json.loads(json.dumps(state))
+    out["bridges"] = bridges or []
     for inst in out["instances"]:
         inst["alive"] = _pid_alive(inst["pid"])
         inst["ready"] = inst["alive"] and http_status(f"{inst['url']}/readyz") == 200
@@ -210,7 +239,8 @@ def describe(state: dict) -> dict:
     redis = out["redis"]
     redis["alive"] = _pid_alive(redis["pid"]) if redis.get("managed") else None
     out["healthy"] = (out["nginx"]["alive"] and all(i["ready"] for i in out["instances"])
-                      and redis["alive"] is not False)
+                      and redis["alive"] is not False
+                      and all(b.get("connected") and not b["stale"] for b in out["bridges"]))
     return out
 
 

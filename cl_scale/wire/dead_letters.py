@@ -32,7 +32,8 @@ CODES = {
     "delivery_failed": "rendering failed CL_SCALE_WORKER_MAX_ATTEMPTS times",
     "outbox_full": "the session's outbox was at its bound",
     "expired": "the session stayed offline past the outbox TTL",
-    "unknown_session": "no such session after the outbox TTL",
+    "unknown_session": "no such session (never created, or expired)",
+    "content_type": "a broker message declared a content type other than JSON",
     "no_live_session": "a user/thread target had no live session",
 }
 

@@ -130,14 +130,21 @@ class Keyspace:
         return f"{self.prefix}:wk:thread:{thread_id}"
 
     @property
+    def bridges(self) -> str:
+        """Hash: bridge name -> JSON heartbeat (kind, redacted source, lag, counts, last message, ``at``);
+        written by each broker bridge every few seconds, read by ``cl-scale status``."""
+        return f"{self.prefix}:wk:bridges"
+
+    @property
     def janitor_lock(self) -> str:
         """String: which instance sweeps expired outboxes this round (short TTL)."""
         return f"{self.prefix}:wk:janitor"
 
-    #: Keys that never expire: the outbox index (entries removed by the janitor) and the dead-letter
-    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``).
+    #: Keys that never expire: the outbox index (entries removed by the janitor), the dead-letter
+    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``) and the bridge
+    #: heartbeats (one field per bridge name, removed when a bridge stops cleanly).
     def permanent(self) -> set[str]:
-        return {self.outbox_index, self.dead_letters}
+        return {self.outbox_index, self.dead_letters, self.bridges}
 
     # -- Redis ACL ---------------------------------------------------------------------------------
     def acl_rules(self, role: str) -> list[str]:
@@ -145,7 +152,7 @@ class Keyspace:
 
         ``worker``: what the SDK, ``cl-scale send`` and gateways need to append to outboxes and wake
         owners — read session records and the fan-out indexes, append to outbox streams and the
-        dead-letter stream, publish on wake-up channels. Not the Socket.IO channels (a raw emit
+        dead-letter stream, publish on wake-up channels, and (bridges) write their heartbeat. Not the Socket.IO channels (a raw emit
         bypasses signing), not chat contexts, no deletes. Redis requires read+write access to every
         key declared to EVALSHA, so the publish script reads the session record and seen key by
         name instead of declaring them (``wire.scripts.OUTBOX_APPEND``).
@@ -154,8 +161,8 @@ class Keyspace:
         if role == "worker":
             return ["resetkeys", "resetchannels", "-@all", *_CONNECTION, *_SCRIPTS,
                     "+xadd", "+xlen", "+xgroup|create", "+expire", "+zadd", "+hget", "+hmget", "+exists",
-                    "+smembers", "+publish",
-                    f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes",
+                    "+smembers", "+publish", "+hset", "+hdel",
+                    f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes", f"~{p}:wk:bridges",
                     "+zcount", f"%R~{p}:session:*", f"%R~{p}:wk:seen:*", f"%R~{p}:wk:user:*",
                     f"%R~{p}:wk:thread:*", f"%R~{p}:instances", f"%R~{p}:wk:kid:*",
                     f"&{p}:wk:wake:*"]

@@ -67,14 +67,27 @@ def _text(value: bytes | None) -> str | None:
     return value.decode(errors="replace") if value else None
 
 
+#: What ``read_identity`` asks for (``HMGET``); ``identity_from`` reads the answer.
+IDENTITY_FIELDS = (OWNER, USER, THREAD)
+
+
+def identity_from(row: list) -> tuple[bool, str | None, str | None] | None:
+    """(exists, user, thread) from ``HMGET session IDENTITY_FIELDS``; None when the record predates
+    the ``user``/``thread`` fields (then ``read_identity`` reads its snapshot)."""
+    owner, user, thread = row
+    if owner is None:
+        return False, None, None
+    if user is None and thread is None:
+        return None
+    return True, _text(user), _text(thread)
+
+
 async def read_identity(redis, session_key: str) -> tuple[bool, str | None, str | None]:
     """(exists, user identifier, thread id) of a stored session, without its snapshot when the record
     has the ``user``/``thread`` fields (gateways and publishers check scopes with this)."""
-    owner, user, thread = await redis.hmget(session_key, OWNER, USER, THREAD)
-    if owner is None:
-        return False, None, None
-    if user is None and thread is None:  # written before these fields existed
+    known = identity_from(await redis.hmget(session_key, *IDENTITY_FIELDS))
+    if known is None:  # written before these fields existed
         raw = await redis.hget(session_key, DATA)
         snapshot = json.loads(raw) if raw else {}
         return True, ((snapshot.get("user") or {}).get("identifier")) or None, snapshot.get("thread_id") or None
-    return True, _text(user), _text(thread)
+    return known

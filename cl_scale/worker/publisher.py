@@ -23,7 +23,8 @@ from cl_scale.wire import dead_letters, scripts
 from cl_scale.wire import messages as m
 from cl_scale.wire.connect import connect
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.wire.records import read_identity
+from cl_scale.wire.records import IDENTITY_FIELDS, identity_from, read_identity
+from cl_scale.worker.requests import Envelope
 
 log = logging.getLogger("cl_scale.worker")
 
@@ -106,13 +107,11 @@ class Publisher:
 
     async def send_to_user(self, identifier: str, text: str, message_id: str | None = None,
                            author: str | None = None, elements: list[dict] | None = None) -> str:
-        return await self._fan_out(m.Target(user=identifier), self.keys.user_sessions(identifier), text,
-                                   message_id, author, elements)
+        return await self._fan_out(m.Target(user=identifier), text, message_id, author, elements)
 
     async def send_to_thread(self, thread_id: str, text: str, message_id: str | None = None,
                              author: str | None = None, elements: list[dict] | None = None) -> str:
-        return await self._fan_out(m.Target(thread=thread_id), self.keys.thread_sessions(thread_id), text,
-                                   message_id, author, elements)
+        return await self._fan_out(m.Target(thread=thread_id), text, message_id, author, elements)
 
     def stream(self, session_id: str, author: str | None = None, message_id: str | None = None) -> "Stream":
         return Stream(self, session_id, author, message_id or m.new_id())
@@ -122,18 +121,72 @@ class Publisher:
         """Part of one streamed message, in one round trip: ``tokens`` are tokens ``offset+1``… of
         message ``message_id``; with ``end``, the message is finished with ``text`` (default: these
         tokens joined). Several calls may extend one stream (the gateway's ``offset``)."""
+        bodies = self._stream_bodies(session_id, message_id, tokens, offset=offset, end=end, text=text, author=author)
+        if bodies:
+            await self._publish(*bodies)
+        return message_id
+
+    def _stream_bodies(self, session_id, message_id, tokens, *, offset, end, text, author) -> list[m.Body]:
         bodies = [self._body(session_id, "token", f"{message_id}:{offset + i + 1}", message_id, tok, author)
                   for i, tok in enumerate(tokens) if tok]
         if end:
             full = text if text is not None else "".join(tokens)
             bodies.append(self._body(session_id, "stream_end", f"{message_id}:end", message_id, full, author))
-        if bodies:
-            await self._publish(*bodies)
-        return message_id
+        return bodies
 
     async def session_identity(self, session_id: str) -> tuple[bool, str | None, str | None]:
         """(exists, user, thread) as Redis holds them for the session (scope checks, CLI checks)."""
         return await read_identity(self.redis, self.keys.session(session_id))
+
+    async def identities(self, session_ids: list[str]) -> dict[str, tuple[bool, str | None, str | None]]:
+        """``session_identity`` of many sessions in one round trip (bridges check a whole batch)."""
+        unique = list(dict.fromkeys(session_ids))
+        if not unique:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in unique:
+            pipe.hmget(self.keys.session(sid), *IDENTITY_FIELDS)
+        rows = await pipe.execute()
+        out = {}
+        for sid, row in zip(unique, rows):
+            out[sid] = identity_from(row) or await self.session_identity(sid)  # old records: read the snapshot
+        return out
+
+    async def live_sessions(self, target: m.Target) -> list[str]:
+        """The live sessions of a user or thread target (the instances keep the index; reads only)."""
+        index = self.keys.user_sessions(target.user) if target.user else self.keys.thread_sessions(target.thread)
+        members = [x.decode() for x in await self.redis.smembers(index)]
+        if not members:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in members:
+            pipe.exists(self.keys.session(sid))
+        return [sid for sid, ok in zip(members, await pipe.execute()) if ok]
+
+    def bodies(self, request: Envelope, session_ids: list[str], message_id: str | None = None) -> list[m.Body]:
+        """The outbox entries of one ``Envelope`` (``worker.requests``) for the given sessions: what the
+        gateway's endpoints and the bridges publish. ``message_id`` is used when the request has none."""
+        mid = request.id or message_id or m.new_id()
+        target = request.target
+        if request.kind == "message":
+            return [self._body(sid, "message", mid, mid, request.text, request.author,
+                               [e.model_dump() for e in request.elements], target) for sid in session_ids]
+        (sid,) = session_ids
+        if request.kind == "update":
+            return [self._body(sid, "update", f"{mid}:u:{m.new_id()}", mid, request.text, request.author)]
+        if request.kind == "remove":
+            return [self._body(sid, "remove", f"{mid}:rm", mid, "")]
+        return self._stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
+                                   text=request.text, author=request.author)
+
+    async def append(self, bodies: list[m.Body], key: m.WorkerKey | None = None) -> list[int]:
+        """Append entries in one round trip, signed with ``key`` (default: this publisher's), with no
+        retry buffer: a transient Redis error is raised, so a bridge leaves its batch unacknowledged on
+        the broker and tries again. Per entry: 1 appended, 0 outbox full (dead-lettered), 2 a
+        duplicate of an entry already delivered (skipped)."""
+        if not bodies:
+            return []
+        return [int(r) for r in await self._run([self._args(b, key) for b in bodies])]
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every buffered message reached Redis (raises DeliveryError on timeout)."""
@@ -176,11 +229,12 @@ class Publisher:
         except ValidationError as exc:
             raise ValueError(m.first_error(exc)) from None
 
-    def _args(self, body: m.Body) -> tuple[list, list]:
+    def _args(self, body: m.Body, key: m.WorkerKey | None = None) -> tuple[list, list]:
         raw = m.canonical(body)
         if len(raw) > self.max_bytes + m.FRAMING_BYTES:
             raise MessageTooLarge(f"message {body.mid}: {len(raw)} bytes with elements (max {self.max_bytes})")
-        return scripts.outbox_append(self.keys, body.session, body.eid, self.kid, raw, m.sign(self._secret, raw),
+        kid, secret = (key.kid, key.secret) if key is not None else (self.kid, self._secret)
+        return scripts.outbox_append(self.keys, body.session, body.eid, kid, raw, m.sign(secret, raw),
                                      outbox_max=self.outbox_max, ttl=self.outbox_ttl)
 
     async def _publish(self, *bodies: m.Body) -> None:
@@ -237,17 +291,11 @@ class Publisher:
             if full:
                 log.warning("%d buffered messages hit a full outbox: dead-lettered", full)
 
-    async def _fan_out(self, target: m.Target, index: str, text, message_id, author, elements) -> str:
+    async def _fan_out(self, target: m.Target, text, message_id, author, elements) -> str:
         """One entry per live session of the user/thread. Reads only: the index is kept by the
         instances (and expires), so a worker needs no write access to it."""
         mid = message_id or m.new_id()
-        members = [x.decode() for x in await self.redis.smembers(index)]
-        live = []
-        if members:
-            pipe = self.redis.pipeline(transaction=False)
-            for sid in members:
-                pipe.exists(self.keys.session(sid))
-            live = [sid for sid, ok in zip(members, await pipe.execute()) if ok]
+        live = await self.live_sessions(target)
         if not live:
             body = self._body(m.NO_SESSION, "message", mid, mid, text, author, elements, target)
             raw = m.canonical(body)

@@ -1,0 +1,100 @@
+"""RabbitMQ source (``aio-pika``): one queue, optionally bound to an exchange, manual acks.
+
+The queue is declared durable (and bound to ``exchange``/``routing_key`` when given); ``prefetch``
+bounds what the broker hands over unacknowledged. Messages are acknowledged only after
+``Bridge.forward`` returned; if the connection drops first, the broker requeues them and the
+instances' seen marks drop what was already delivered. One consumer per queue keeps a session's
+messages in order (RabbitMQ delivers a queue in order to one consumer; several consumers would
+interleave it): scale a RabbitMQ bridge by queues, not replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cl_scale.bridge.core import Incoming, Refused
+from cl_scale.bridge.settings import BrokerSettings
+
+log = logging.getLogger("cl_scale.bridge")
+
+
+class AmqpSource:
+    kind = "amqp"
+
+    def __init__(self, settings: BrokerSettings, *, client_id: str):
+        self.s, self.client_id = settings, client_id
+        self.connection = self.channel = self.queue = None
+        self._inbox: asyncio.Queue | None = None
+        self._tag = None
+
+    async def connect(self) -> None:
+        import aio_pika
+
+        self.connection = await aio_pika.connect(self.s.amqp_url, client_properties={"connection_name": self.client_id},
+                                                 timeout=10)
+        try:
+            self.channel = await self.connection.channel()
+            await self.channel.set_qos(prefetch_count=self.s.prefetch)
+            self.queue = await self.channel.declare_queue(self.s.name, durable=True)
+            if self.s.exchange:
+                exchange = await self.channel.declare_exchange(self.s.exchange, self.s.exchange_type, durable=True)
+                await self.queue.bind(exchange, routing_key=self.s.routing_key or "#")
+            if self.s.dead_letters:
+                await self.channel.declare_queue(self.s.dead_letters, durable=True)
+            self._inbox = asyncio.Queue()
+            self._tag = await self.queue.consume(self._inbox.put)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def batch(self, max_items: int, max_seconds: float) -> list[Incoming]:
+        """Up to ``max_items`` messages: waits ``max_seconds`` for the first, then takes what is there."""
+        if self.connection is None or self.connection.is_closed:
+            raise ConnectionError("RabbitMQ connection closed")
+        try:
+            first = await asyncio.wait_for(self._inbox.get(), max_seconds)
+        except TimeoutError:
+            return []
+        got = [first]
+        while len(got) < max_items and not self._inbox.empty():
+            got.append(self._inbox.get_nowait())
+        return [self._incoming(msg) for msg in got]
+
+    @staticmethod
+    def _incoming(msg) -> Incoming:
+        headers = {str(k).lower(): v for k, v in (msg.headers or {}).items()}
+        return Incoming(payload=msg.body or b"", headers=headers, content_type=msg.content_type,
+                        broker_id=f"amqp.{msg.message_id}" if msg.message_id else None, ref=msg)
+
+    async def ack(self, batch: list[Incoming]) -> None:
+        if batch:  # in order on one channel: acknowledging the last acknowledges the batch
+            await batch[-1].ref.ack(multiple=True)
+
+    async def copy_refused(self, refused: list[Refused]) -> None:
+        if not self.s.dead_letters or not refused:
+            return
+        import aio_pika
+
+        for r in refused:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(r.incoming.payload, content_type=r.incoming.content_type,
+                                 headers={"cl-scale-code": r.code, "cl-scale-reason": r.reason[:1000]},
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.s.dead_letters)
+
+    async def lag(self) -> int | None:
+        """Messages ready in the queue (not counting those handed to this bridge)."""
+        declared = await self.channel.declare_queue(self.s.name, passive=True)
+        return declared.declaration_result.message_count
+
+    async def ping(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            try:
+                await self.connection.close()
+            except Exception as exc:
+                log.debug("amqp: close failed: %s", exc.__class__.__name__)
+        self.connection = self.channel = self.queue = None

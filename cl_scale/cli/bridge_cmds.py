@@ -1,0 +1,85 @@
+"""`cl-scale bridge URL`: Kafka or RabbitMQ messages into users' chats (``cl_scale.bridge``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cl_scale.cli import app
+from cl_scale.cli.worker_cmds import _PREFIX_HELP, _REDIS_HELP, _STATE_HELP, _settings
+from cl_scale.errors import UserError
+
+
+@app.command("bridge", help=(
+    "Forward messages from a Kafka topic or a RabbitMQ queue into users' chats, through the same "
+    "signed, owner-routed outboxes as `cl-scale send`. A message is a JSON object: exactly one of "
+    "session_id / user / thread, and text (docs/worker.md, \"Message format\"). Refused messages go to "
+    "the dead-letter stream (`cl-scale dlq list`) and are acknowledged. Broker passwords come from "
+    "$CL_SCALE_KAFKA_PASSWORD / $CL_SCALE_AMQP_PASSWORD (or the URL), and are never printed.\n\n"
+    "Examples:\n\n"
+    "  cl-scale bridge 'kafka://127.0.0.1:9092/chat-replies?group=cl-scale'\n\n"
+    "  cl-scale bridge 'amqp://bridge@rabbitmq:5672/%2F?queue=chat-replies' --health-port 9100\n\n"
+    "  cl-scale bridge 'kafka://k1:9093/replies?group=g&security_protocol=SASL_SSL&sasl_username=u' "
+    "--require-signature"))
+def bridge_cmd(
+    url: str = typer.Argument(..., metavar="URL", help="kafka://host:port/TOPIC?group=NAME or "
+                              "amqp(s)://user@host:port/VHOST?queue=NAME[&exchange=X&routing_key=K]"),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+    key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs unsigned messages."),
+    require_signature: bool = typer.Option(False, "--require-signature", help="Refuse messages without a valid "
+                                           "cl-scale-kid/cl-scale-sig header (HMAC of the payload with a key of "
+                                           "$CL_SCALE_WORKER_KEYS); that key's scope applies."),
+    batch_size: int = typer.Option(200, help="At most this many messages per batch (one Redis round trip)."),
+    health_port: int = typer.Option(0, help="Serve /healthz, /readyz and /metrics on this port (0: off)."),
+    health_host: str = typer.Option("127.0.0.1", help="Address of the health port (0.0.0.0 in a pod)."),
+    name: Optional[str] = typer.Option(None, help="This bridge in `cl-scale status` (default: kind-hostname)."),
+    prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
+    state_dir: Path = typer.Option(Path(".cl-scale"), help=_STATE_HELP),
+) -> None:
+    import asyncio
+    import logging
+    import re
+    import signal
+
+    from cl_scale.bridge.settings import BrokerSettings
+
+    if not 1 <= batch_size <= 10_000:
+        raise UserError(f"--batch-size {batch_size}: must be between 1 and 10000")
+    if not 0 <= health_port <= 65535:
+        raise UserError(f"--health-port {health_port}: must be between 0 and 65535")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+        raise UserError("--name: must be 1-100 of [A-Za-z0-9._-]")
+    broker = BrokerSettings.parse(url)
+    settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
+    key = settings.signing_key()
+    if require_signature and not settings.known_keys:
+        raise UserError("--require-signature: CL_SCALE_WORKER_KEYS is empty: no signature could verify")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        from cl_scale.bridge.core import Bridge
+        from cl_scale.bridge.runner import Runner, make_source, serve_health
+        from cl_scale.worker.publisher import Publisher
+
+        pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, author="Worker",
+                        outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
+        bridge = Bridge(pub, key, known_keys=settings.known_keys, require_signature=require_signature,
+                        kind=broker.kind)
+        runner = Runner(None, bridge, broker, batch_size=batch_size, name=name)
+        runner.source = make_source(broker, client_id=runner.name)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stopping.set)
+        web = await serve_health(runner, health_host, health_port) if health_port else None
+        typer.echo(f"cl-scale bridge {runner.name}: {broker.shown} -> Redis {settings.keys.prefix}:* "
+                   f"(signing key {key.kid!r}{', signatures required' if require_signature else ''})", err=True)
+        try:
+            await runner.run()
+        finally:
+            if web is not None:
+                await web.cleanup()
+            await pub.redis.aclose()
+
+    asyncio.run(main())
