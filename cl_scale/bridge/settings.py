@@ -57,8 +57,11 @@ class BrokerSettings:
     dead_letters: str | None = None
 
     @classmethod
-    def parse(cls, url: str, *, what: str = "URL", inbound: bool = True) -> "BrokerSettings":
-        """Check ``url``; every error is a ``ConfigError`` naming ``what`` with the redacted URL."""
+    def parse(cls, url: str, *, what: str = "URL", inbound: bool = True, password_here: bool = True) -> "BrokerSettings":
+        """Check ``url``; every error is a ``ConfigError`` naming ``what`` with the redacted URL.
+
+        :param password_here: the password must be available now (False: checking values, whose
+            passwords live in a Secret the pod reads)."""
         shown = redacted(url) if isinstance(url, str) else "?"
         try:
             parts = urlsplit(url)  # ports are checked per host below (a Kafka URL may list several)
@@ -86,7 +89,8 @@ class BrokerSettings:
         if not hosts:
             raise ConfigError(what, shown, "no host")
         if kind == "kafka":
-            return cls._kafka(shown, what, hosts, unquote(user), password, parts.path, params, inbound)
+            return cls._kafka(shown, what, hosts, unquote(user), password or (None if password_here else "?"),
+                              parts.path, params, inbound)
         return cls._amqp(shown, what, parts, hosts, unquote(user), password, params, inbound)
 
     @classmethod

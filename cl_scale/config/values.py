@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StringConstraints,
     model_validator,
 )
 
@@ -474,7 +475,8 @@ class NetworkPolicy(_Model):
 
 class Auth(_Model):
     secretName: DnsSubdomain = Field(
-        "chainlit-secrets", description="Secret holding CHAINLIT_AUTH_SECRET, REDIS_PASSWORD, CL_SCALE_WORKER_KEYS.")
+        "chainlit-secrets", description="Secret holding CHAINLIT_AUTH_SECRET, REDIS_PASSWORD, CL_SCALE_WORKER_KEYS "
+                           "(and the bridges' CL_SCALE_KAFKA_PASSWORD / CL_SCALE_AMQP_PASSWORD).")
     existingSecret: StrictBool = Field(
         False, description="true: the Secret already exists; false: kustomization.yaml generates it "
                            "from secrets.env (never rendered with values).")
@@ -483,6 +485,41 @@ class Auth(_Model):
 class Drain(_Model):
     seconds: Annotated[StrictInt, _int_range(0, 3600)] = Field(
         30, description="Graceful drain on SIGTERM (k8s terminationGracePeriodSeconds = seconds + 15).")
+
+
+def _check_bridge(i: int, bridge: "Bridge") -> None:
+    """A broker URL ``cl-scale bridge`` accepts, without a password (that lives in the Secret); errors
+    show the URL redacted."""
+    from cl_scale.bridge.settings import BrokerSettings
+    from cl_scale.errors import ConfigError
+
+    key = f"bridges[{i}].url"
+    try:
+        settings = BrokerSettings.parse(bridge.url, password_here=False)
+    except ConfigError as exc:
+        raise FieldError(key, exc.value, exc.why) from None
+    userinfo = bridge.url.split("//", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+    if ":" in userinfo:
+        raise FieldError(key, settings.shown, "no password in values: put it in the Secret ("
+                         + ("CL_SCALE_KAFKA_PASSWORD" if settings.kind == "kafka" else "CL_SCALE_AMQP_PASSWORD") + ")")
+    if settings.kind == "amqp" and bridge.replicas != 1:
+        raise FieldError(f"bridges[{i}].replicas", bridge.replicas, "a RabbitMQ bridge runs one replica: several "
+                         "consumers of one queue would interleave a session's messages (add queues instead)")
+
+
+class Bridge(_Model):
+    name: Annotated[str, AfterValidator(_dns_label), AfterValidator(_short_name)] = Field(
+        ..., description="DNS-1123 label: k8s Deployment <name>-bridge-<this> / compose service bridge-<this>.")
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
+        ..., description="cl-scale bridge URL: kafka://host:9092/TOPIC?group=NAME or "
+                         "amqp(s)://user@host:5672/VHOST?queue=NAME (password from the Secret).")
+    replicas: Annotated[StrictInt, _int_range(1, 50)] = Field(
+        1, description="Kafka: replicas share the topic's partitions. RabbitMQ: 1 (one consumer keeps a queue's order).")
+    batchSize: Annotated[StrictInt, _int_range(1, 10_000)] = Field(
+        200, description="At most this many messages per batch (one Redis round trip).")
+    requireSignature: StrictBool = Field(
+        False, description="Refuse messages without a valid cl-scale-kid/cl-scale-sig header.")
+    healthPort: Port = Field(9100, description="Port of /healthz, /readyz and /metrics.")
 
 
 class Values(_Model):
@@ -509,6 +546,9 @@ class Values(_Model):
                            "balancer then needs no stickiness (ingress.controller / gateway.affinity none).")
     createNamespace: StrictBool = Field(
         True, description="k8s: render the Namespace object (not for 'default').")
+    bridges: list[Bridge] = Field(
+        default_factory=list, max_length=20,
+        description="Broker bridges (Kafka/RabbitMQ into chats): a Deployment (k8s) / service (compose) each.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Values":
@@ -518,6 +558,11 @@ class Values(_Model):
                              "65535 (instance i listens on app.port+i)")
         if self.app.adminPort == self.app.port:
             raise FieldError("app.adminPort", self.app.adminPort, "must differ from app.port")
+        names = [b.name for b in self.bridges]
+        for i, bridge in enumerate(self.bridges):
+            if bridge.name in names[:i]:
+                raise FieldError(f"bridges[{i}].name", bridge.name, "given twice")
+            _check_bridge(i, bridge)
         if self.nginx.tls.enabled and self.nginx.tls.listen == self.nginx.listen:
             raise FieldError("nginx.tls.listen", self.nginx.tls.listen, "must differ from nginx.listen")
         return self

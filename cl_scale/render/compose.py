@@ -115,6 +115,35 @@ def _nginx_service(values: Values) -> dict[str, Any]:
     }
 
 
+def _bridge_service(values: Values, bridge) -> dict[str, Any]:
+    """``cl-scale bridge URL`` from the app image; keys and broker password from ``.env``."""
+    port = str(bridge.healthPort)
+    command = [_lit(bridge.url), "--health-host", "0.0.0.0", "--health-port", port, "--batch-size",
+               str(bridge.batchSize), "--name", f"bridge-{bridge.name}"]
+    if bridge.requireSignature:
+        command.append("--require-signature")
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"
+    service: dict[str, Any] = {
+        "image": _lit(values.app.image),
+        "entrypoint": ["cl-scale", "bridge"],
+        "command": command,
+        "user": APP_UID,
+        "read_only": True,
+        "tmpfs": ["/tmp:mode=1777"],
+        # REDIS_PASSWORD, CL_SCALE_WORKER_KEYS (the first key signs), CL_SCALE_KAFKA_PASSWORD / _AMQP_PASSWORD
+        "env_file": [".env"],
+        "environment": {"CL_SCALE_REDIS_URL": _redis_url(values), "HOME": "/tmp"},
+        "healthcheck": {"test": ["CMD", "python", "-c", probe], "interval": "10s", "timeout": "5s",
+                        "retries": 3, "start_period": "20s"},
+        "restart": "unless-stopped",
+    }
+    if bridge.replicas > 1:
+        service["deploy"] = {"replicas": bridge.replicas}
+    if values.redis.enabled:
+        service["depends_on"] = {"redis": {"condition": "service_healthy"}}
+    return service
+
+
 def compose_dict(values: Values) -> dict[str, Any]:
     services: dict[str, Any] = {}
     if values.redis.enabled:
@@ -122,6 +151,8 @@ def compose_dict(values: Values) -> dict[str, Any]:
     for name in service_names(values):
         services[name] = _app_service(values, name)
     services["nginx"] = _nginx_service(values)
+    for bridge in values.bridges:
+        services[f"bridge-{bridge.name}"] = _bridge_service(values, bridge)
     doc: dict[str, Any] = {"name": values.name, "services": services}
     if values.redis.enabled:
         doc["volumes"] = {"redis-data": {}}

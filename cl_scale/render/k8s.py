@@ -19,6 +19,7 @@ from typing import Any
 
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
+from cl_scale.render import k8s_bridges
 from cl_scale.render import k8s_exposure as exposure
 from cl_scale.render.k8s_common import (
     APP_UID,
@@ -352,9 +353,12 @@ def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
         files["hpa.yaml"] = [hpa(v)]
     if v.pdb.enabled:
         files["pdb.yaml"] = [pdb(v)]
+    if v.bridges:
+        files["bridges.yaml"] = [k8s_bridges.deployment(v, b) for b in v.bridges]
     if v.networkPolicy.enabled:
         files["networkpolicy.yaml"] = [exposure.app_network_policy(v)] + (
-            [redis_network_policy(v)] if v.redis.enabled else [])
+            [redis_network_policy(v)] if v.redis.enabled else []) + [k8s_bridges.network_policy(v, b)
+                                                                      for b in v.bridges]
     if v.ingress.enabled:
         if v.ingress.kind == "gateway":
             files["httproute.yaml"] = [exposure.http_route(v)]
@@ -394,6 +398,7 @@ def kustomization(v: Values, resources: list[str]) -> dict[str, Any]:
 def secrets_env_example(v: Values) -> str:
     """The keys of the Secret with EMPTY values: the user copies it to secrets.env and fills it."""
     url = {"CL_SCALE_REDIS_URL": "the external Redis URL (redis.urlFromSecret)"} if v.redis.urlFromSecret else {}
+    url.update(k8s_bridges.secret_keys(v))
     return (
         "# Copy to secrets.env (never commit it), fill in every value, then: kubectl apply -k .\n"
         + "".join(f"# {key}: {why}.\n" for key, why in {**SECRET_ENV, **url}.items())

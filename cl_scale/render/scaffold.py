@@ -27,7 +27,9 @@ def _env() -> jinja2.Environment:
 def env_example(values: Values) -> str:
     """Keys with EMPTY values: secrets are never rendered."""
     lines = ["# Copy to .env and fill in. Never commit .env.", ""]
-    for key, why in SECRET_ENV.items():
+    from cl_scale.render.k8s_bridges import secret_keys
+
+    for key, why in {**SECRET_ENV, **secret_keys(values)}.items():
         lines += [f"# {why}", f"{key}=", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -43,7 +45,8 @@ def render(values: Values, wheel: str | None = None) -> dict[str, str]:
     cmd = [values.app.module, "--host", "0.0.0.0", "--port", str(values.app.port)]
     return {
         "Dockerfile": env.get_template("Dockerfile.j2").render(values=values, cmd=cmd, version=__version__,
-                                                               wheel=wheel),
+                                                               wheel=wheel,
+                                                               extra="[bridges]" if values.bridges else ""),
         ".dockerignore": env.get_template("dockerignore.j2").render(),
         ".env.example": env_example(values),
         "loadtest/README.md": env.get_template("loadtest/README.md.j2").render(values=values),

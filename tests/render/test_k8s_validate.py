@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cl_scale.config.values import Values
-from cl_scale.render import k8s
+from cl_scale.render import k8s, k8s_bridges
 from cl_scale.render.k8s_common import SECRET_KEYS
 from tests.render import k8s_checks as kc
 
@@ -35,7 +35,9 @@ MATRIX = [
     ("cookie", "none", "external", False, False, {}),
     ("ip_hash", "ingress-nginx", "external", True, False,
      {"auth": {"existingSecret": True, "secretName": "prod.chat-secrets"}, "app": {"extraSecrets": ["llm-keys"]},
-      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False}, "redis": {"url": None, "urlFromSecret": True}}),
+      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False}, "redis": {"url": None, "urlFromSecret": True},
+      "bridges": [{"name": "replies", "url": "kafka://kafka-0.kafka:9093,kafka-1.kafka:9093/replies?group=cl-scale"
+                                             "&security_protocol=SASL_SSL&sasl_username=bridge", "replicas": 3}]}),
     ("cookie", "gateway", "bundled", False, False,
      {"name": "support-bot", "namespace": "team-a", "replicas": 5,
       "sticky": {"cookieName": "route"}, "pdb": {"maxUnavailable": "25%"},
@@ -45,7 +47,10 @@ MATRIX = [
       "app": {"env": {"LOG_LEVEL": "debug", "FEATURE_X": "on"}, "port": 9000, "adminPort": 9001,
               "image": "ghcr.io/acme/bot@sha256:" + "a" * 64, "imagePullPolicy": "Always",
               "chainlitConfig": '[project]\ntransports = ["websocket"]\n[meta]\ngenerated_by = "2.12.0"\n'},
-      "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}}),
+      "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
+      "bridges": [{"name": "kafka", "url": "kafka://kafka:9092/replies?group=g"},
+                  {"name": "mq", "url": "amqps://bridge@rabbitmq:5671/prod?queue=replies&exchange=agents",
+                   "requireSignature": True, "batchSize": 50, "healthPort": 9200}]}),
     ("ip_hash", "ingress-nginx", "bundled", False, False,
      {"ingress": {"enabled": False}, "replicas": 1, "networkPolicy": {"ingressCIDRs": ["10.0.0.0/16"]}}),
 ]
@@ -96,7 +101,8 @@ def secret_keys(v: Values, files: dict[str, str]) -> dict[str, set[str]]:
     """Secret name -> keys: the documented contract of an existing Secret, else what secrets.env.example
     lists; extraSecrets are the user's (loaded whole, no key referenced)."""
     if v.auth.existingSecret:  # the documented contract of the Secret
-        out = {v.auth.secretName: set(SECRET_KEYS) | ({"CL_SCALE_REDIS_URL"} if v.redis.urlFromSecret else set())}
+        out = {v.auth.secretName: set(SECRET_KEYS) | ({"CL_SCALE_REDIS_URL"} if v.redis.urlFromSecret else set())
+               | set(k8s_bridges.secret_keys(v))}
     else:
         out = {v.auth.secretName: kc.env_example_keys(files["secrets.env.example"])}
     return {**out, **{name: set() for name in v.app.extraSecrets}}
@@ -148,7 +154,8 @@ def test_matrix_validates(row, tmp_path):
     assert ("StatefulSet" in kinds) is v.redis.enabled
     assert ("PodDisruptionBudget" in kinds) is v.pdb.enabled
     assert ("NetworkPolicy" in kinds) is v.networkPolicy.enabled
-    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled) * v.networkPolicy.enabled
+    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled + len(v.bridges)) * v.networkPolicy.enabled
+    assert kinds.count("Deployment") == 1 + len(v.bridges)
     assert ("Ingress" in kinds) is (v.ingress.enabled and v.ingress.kind == "ingress")
     assert ("HTTPRoute" in kinds) is (v.ingress.enabled and v.ingress.kind == "gateway")
     assert ("secrets.env.example" in files) is (not v.auth.existingSecret)
@@ -187,7 +194,7 @@ def test_matrix_kustomize_builds(row, tmp_path):
         # A content hash in the name, and every reference rewritten to it: a new password rolls both
         # the app pods and Redis (point 9 of issue 14).
         assert secret["metadata"]["name"].startswith(v.auth.secretName + "-")
-        assert set(secret["data"]) == set(SECRET_KEYS)
+        assert set(secret["data"]) == set(SECRET_KEYS) | set(k8s_bridges.secret_keys(v))
         assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cl-scale"
         refs = [ref for w in built if w["kind"] in ("Deployment", "StatefulSet")
                 for c in w["spec"]["template"]["spec"]["containers"]
