@@ -38,3 +38,13 @@ def test_readme_performance_section_is_generated_from_results_json():
     results = json.loads((README.parent / "bench" / "results.json").read_text())
     block = README.read_text().split(MARK_START + "\n", 1)[1].split("\n" + MARK_END, 1)[0]
     assert block == readme_section(results), "regenerate: cl-scale bench --readme README.md"
+
+
+def test_readme_worker_paths_block_is_generated_from_paths_json():
+    import json
+
+    from cl_scale.bench import paths
+
+    results = json.loads((README.parent / "bench" / "paths.json").read_text())
+    block = README.read_text().split(paths.MARK_START + "\n", 1)[1].split("\n" + paths.MARK_END, 1)[0]
+    assert block == paths.readme_section(results), "regenerate: cl-scale bench --readme README.md"

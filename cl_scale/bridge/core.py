@@ -7,8 +7,12 @@ offline outboxes and failover hold unchanged) or refused into cl-scale's dead-le
 code and reason. A Redis error raises instead, and the source retries the batch unacknowledged:
 at-least-once end to end, duplicates removed by message id (the instances' seen marks).
 
-Round trips per batch: one to read the identities of the sessions named (existence and scope), one
-to append (plus one per user/thread target to list its live sessions, and one for any refusals).
+Round trips per batch: one to read the sessions named (existence, scope, outbox room), one to
+append (plus one per user/thread target to list its live sessions, and one for any refusals).
+
+Backpressure: the broker is the buffer. While a connected session's outbox is at its bound (its
+owner renders more slowly than the broker delivers, e.g. a backlog after a bridge outage), the batch
+waits on the broker instead of being dead-lettered as ``outbox_full``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydantic import ValidationError
 from cl_scale.bridge import metrics
 from cl_scale.wire import dead_letters
 from cl_scale.wire import messages as m
+from cl_scale.wire.records import CONNECTED, IDENTITY_FIELDS, identity_from
 from cl_scale.worker.publisher import Publisher
 from cl_scale.worker.requests import Envelope
 
@@ -98,8 +103,10 @@ class Bridge:
         self.pub, self.own_key, self.known_keys = publisher, key, known_keys
         self.require_signature, self.max_bytes, self.kind = require_signature, max_bytes, kind
 
-    async def forward(self, batch: list[Incoming]) -> Outcome:
-        """Append or refuse every message of ``batch``; raises on Redis errors (nothing acknowledged)."""
+    async def forward(self, batch: list[Incoming], wait=None) -> Outcome:
+        """Append or refuse every message of ``batch``, in order; raises on Redis errors (nothing is
+        acknowledged then). ``wait(seconds) -> bool`` pauses while a connected session's outbox is full
+        (False: the bridge is stopping, ``Backpressure`` is raised)."""
         out = Outcome()
         parsed: list[tuple[Incoming, Envelope, m.WorkerKey]] = []
         for item in batch:
@@ -107,36 +114,91 @@ class Bridge:
                 parsed.append((item, *self._parse(item)))
             except _Refuse as r:
                 out.refused.append(Refused(item, r.code, r.reason, kid=r.kid))
-        named = [env.session_id for _, env, _ in parsed if env.session_id]
-        identities = await self.pub.identities(named)
-        groups: dict[str, tuple[m.WorkerKey, list[m.Body]]] = {}
+        identities, room = await self._read_sessions([env.session_id for _, env, _ in parsed if env.session_id])
+        work: list[tuple[m.WorkerKey, m.Body]] = []
         for item, env, key in parsed:
             try:
                 sessions = await self._sessions(env, key, identities)
-                bodies = self.pub.bodies(env, sessions, message_id=item.broker_id)
+                work += [(key, body) for body in self.pub.bodies(env, sessions, message_id=item.broker_id)]
             except _Refuse as r:
                 out.refused.append(Refused(item, r.code, r.reason, session=env.session_id or "", kid=key.kid))
-                continue
             except ValueError as exc:  # too large once framed, bad element...
                 code = "oversized" if "bytes" in str(exc) else "malformed"
                 out.refused.append(Refused(item, code, f"{code}: {exc}", session=env.session_id or "", kid=key.kid))
-                continue
-            groups.setdefault(key.kid, (key, []))[1].extend(bodies)
-        for key, bodies in groups.values():
-            for result in await self.pub.append(bodies, key):
-                if result == 2:
-                    out.duplicates += 1
-                elif result == 1:
-                    out.forwarded += 1
-                else:  # the outbox was full: the publish script dead-lettered it (code outbox_full)
-                    metrics.REFUSED.labels("outbox_full").inc()
-        if out.refused:
+        if out.refused:  # before appending: a refusal is recorded even if the append waits or fails
             await self._dead_letter(out.refused)
+        await self._append_in_order(work, out, wait or _no_wait, room)
         metrics.FORWARDED.inc(out.forwarded)
         metrics.DUPLICATES.inc(out.duplicates)
         for r in out.refused:
             metrics.REFUSED.labels(r.code).inc()
         return out
+
+    async def _append_in_order(self, work: list[tuple[m.WorkerKey, m.Body]], out: Outcome, wait,
+                               known: dict | None = None) -> None:
+        """Append the longest prefix of ``work`` that fits, wait while the next entry's connected session
+        has no room, repeat. The broker is the buffer: a backlog (e.g. after a bridge outage) waits there
+        instead of overflowing into dead letters while its session's owner is rendering. An offline
+        session's outbox fills to its bound and then dead-letters (``outbox_full``), as with the SDK."""
+        i, delay = 0, 0.02
+        while i < len(work):
+            sessions = list(dict.fromkeys(body.session for _, body in work[i:]))
+            if known is not None and all(sid in known for sid in sessions):
+                room = known  # read with the identities, in the same round trip
+            else:
+                room = await self._room(sessions)
+            known = None
+            used: dict[str, int] = {}
+            j = i
+            while j < len(work):
+                sid = work[j][1].session
+                if room[sid] is not None and used.get(sid, 0) >= room[sid]:
+                    break
+                used[sid] = used.get(sid, 0) + 1
+                j += 1
+            if j == i:
+                metrics.BACKPRESSURE.inc()
+                if not await wait(delay):
+                    raise Backpressure("stopping while a session's outbox is full")
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.02
+            chunk = work[i:j]
+            for result in await self.pub.append([body for _, body in chunk], [key for key, _ in chunk]):
+                if result == 2:
+                    out.duplicates += 1
+                elif result == 1:
+                    out.forwarded += 1
+                else:  # full (an offline session): the publish script dead-lettered it as outbox_full
+                    metrics.REFUSED.labels("outbox_full").inc()
+            i = j
+
+    async def _read_sessions(self, session_ids: list[str]) -> tuple[dict, dict]:
+        """Identity (exists, stored user, thread) and outbox room of each named session, one round trip."""
+        unique = list(dict.fromkeys(session_ids))
+        if not unique:
+            return {}, {}
+        pipe = self.pub.redis.pipeline(transaction=False)
+        for sid in unique:
+            pipe.hmget(self.pub.keys.session(sid), *IDENTITY_FIELDS, CONNECTED)
+            pipe.xlen(self.pub.keys.outbox(sid))
+        rows = await pipe.execute()
+        identities, room = {}, {}
+        for k, sid in enumerate(unique):
+            row, depth = rows[2 * k], rows[2 * k + 1]
+            identities[sid] = identity_from(row[:3]) or await self.pub.session_identity(sid)  # old records
+            room[sid] = max(0, self.pub.outbox_max - depth) if row[3] == b"1" else None
+        return identities, room
+
+    async def _room(self, session_ids: list[str]) -> dict[str, int | None]:
+        """Free places in each session's outbox if it is connected (None: offline, unbounded here)."""
+        pipe = self.pub.redis.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hget(self.pub.keys.session(sid), CONNECTED)
+            pipe.xlen(self.pub.keys.outbox(sid))
+        rows = await pipe.execute()
+        return {sid: (max(0, self.pub.outbox_max - rows[2 * k + 1]) if rows[2 * k] == b"1" else None)
+                for k, sid in enumerate(session_ids)}
 
     # -- checks ------------------------------------------------------------------------------------
     def _parse(self, item: Incoming) -> tuple[Envelope, m.WorkerKey]:
@@ -199,6 +261,17 @@ class Bridge:
         await pipe.execute()
         for r in refused:
             log.info("%s: refused a message (%s): %s", self.kind, r.code, r.reason)
+
+
+async def _no_wait(seconds: float) -> bool:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return True
+
+
+class Backpressure(Exception):
+    """A connected session's outbox is full: retry the batch later, unacknowledged."""
 
 
 class _Refuse(Exception):

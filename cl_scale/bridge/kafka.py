@@ -32,6 +32,8 @@ class KafkaSource:
 
         kwargs = self.s.kafka_kwargs()
         kwargs.setdefault("client_id", self.client_id)
+        if self.s.fetch_max_wait_ms:
+            kwargs["fetch_max_wait_ms"] = self.s.fetch_max_wait_ms
         consumer = AIOKafkaConsumer(self.s.name, group_id=self.s.group, enable_auto_commit=False,
                                     auto_offset_reset="earliest", request_timeout_ms=10_000, **kwargs)
         try:

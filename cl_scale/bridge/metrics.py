@@ -18,3 +18,5 @@ LAG = Gauge("clscale_bridge_lag", "Messages waiting on the broker (Kafka consume
 LAST_SEEN = Gauge("clscale_bridge_last_message_timestamp_seconds", "Unix time the last message was forwarded",
                   registry=REGISTRY)
 CONNECTED = Gauge("clscale_bridge_broker_connected", "1 while the broker connection is up", registry=REGISTRY)
+BACKPRESSURE = Counter("clscale_bridge_backpressure_waits_total",
+                       "Batches held back because a connected session's outbox was at its bound", registry=REGISTRY)

@@ -22,7 +22,7 @@ import time
 import redis.exceptions
 
 from cl_scale.bridge import metrics
-from cl_scale.bridge.core import Bridge, Incoming
+from cl_scale.bridge.core import Backpressure, Bridge, Incoming
 from cl_scale.bridge.settings import BrokerSettings
 
 log = logging.getLogger("cl_scale.bridge")
@@ -105,10 +105,12 @@ class Runner:
 
     async def _forward(self, batch: list[Incoming]) -> bool:
         """Forward until it worked (True) or the bridge stops (False)."""
-        delay = 0.05
+        delay = 0.02
         while not self.stopping.is_set():
             try:
-                outcome = await self.bridge.forward(batch)
+                outcome = await self.bridge.forward(batch, wait=self._wait)
+            except Backpressure:  # stopping while waiting for room: leave the batch on the broker
+                continue
             except _REDIS_ERRORS as exc:
                 self.redis_ok = False
                 metrics.RETRIES.inc()
@@ -128,6 +130,10 @@ class Runner:
                             self.settings.dead_letters, exc.__class__.__name__)
             return True
         return False
+
+    async def _wait(self, seconds: float) -> bool:
+        await self._sleep(seconds)
+        return not self.stopping.is_set()
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -92,6 +92,7 @@ def loadtest_cmd(
         "  cl-scale bench                                  # full run: ~8 min, keep the machine quiet\n"
         "  cl-scale bench --quick --out /tmp/b             # smoke run: few iterations, few clients\n"
         "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
+        "  cl-scale bench --paths                          # SDK vs HTTP gateway vs Kafka vs RabbitMQ bridge\n"
         "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
@@ -104,15 +105,29 @@ def bench_cmd(
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated subset of setups: "
                                        "stock,stock-redis,cl-scale (default: all three)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the section between <!-- bench:start --> "
-                                          "and <!-- bench:end --> in this file from results.json, then exit."),
+                                          "and <!-- bench:end --> in this file from results.json (and the "
+                                          "bench-paths block from paths.json, when both exist), then exit."),
+    paths: bool = typer.Option(False, "--paths", help="Instead: the four worker paths side by side (Redis SDK, "
+                               "HTTP gateway, Kafka bridge on tansu, RabbitMQ bridge): latency and sustained "
+                               "delivery of 10,000 messages each; writes paths.json and plots/paths.png."),
 ) -> None:
+    from cl_scale.bench import paths as paths_bench
     from cl_scale.bench import report, run
     from cl_scale.bench.setups import SETUPS
 
     if readme is not None:
         out_dir = out or run.default_out()
         report.update_readme(readme, out_dir / "results.json")
-        typer.echo(f"updated {readme} from {out_dir / 'results.json'}")
+        if (out_dir / "paths.json").is_file() and paths_bench.MARK_START in readme.read_text():
+            paths_bench.update_readme(readme, out_dir / "paths.json")
+        typer.echo(f"updated {readme} from {out_dir}")
+        return
+    if paths:
+        run.check_optional_dependencies()
+        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
+        results = paths_bench.run(out_dir, quick=quick)
+        typer.echo(paths_bench.readme_section(results))
+        typer.echo(f"wrote {out_dir / 'paths.json'} and {out_dir / 'plots' / 'paths.png'}")
         return
     if clients is not None and clients < 1:
         raise UserError(f"--clients {clients}: must be at least 1")

@@ -23,7 +23,7 @@ from cl_scale.wire import dead_letters, scripts
 from cl_scale.wire import messages as m
 from cl_scale.wire.connect import connect
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.wire.records import IDENTITY_FIELDS, identity_from, read_identity
+from cl_scale.wire.records import read_identity
 from cl_scale.worker.requests import Envelope
 
 log = logging.getLogger("cl_scale.worker")
@@ -138,20 +138,6 @@ class Publisher:
         """(exists, user, thread) as Redis holds them for the session (scope checks, CLI checks)."""
         return await read_identity(self.redis, self.keys.session(session_id))
 
-    async def identities(self, session_ids: list[str]) -> dict[str, tuple[bool, str | None, str | None]]:
-        """``session_identity`` of many sessions in one round trip (bridges check a whole batch)."""
-        unique = list(dict.fromkeys(session_ids))
-        if not unique:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for sid in unique:
-            pipe.hmget(self.keys.session(sid), *IDENTITY_FIELDS)
-        rows = await pipe.execute()
-        out = {}
-        for sid, row in zip(unique, rows):
-            out[sid] = identity_from(row) or await self.session_identity(sid)  # old records: read the snapshot
-        return out
-
     async def live_sessions(self, target: m.Target) -> list[str]:
         """The live sessions of a user or thread target (the instances keep the index; reads only)."""
         index = self.keys.user_sessions(target.user) if target.user else self.keys.thread_sessions(target.thread)
@@ -179,14 +165,16 @@ class Publisher:
         return self._stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
                                    text=request.text, author=request.author)
 
-    async def append(self, bodies: list[m.Body], key: m.WorkerKey | None = None) -> list[int]:
-        """Append entries in one round trip, signed with ``key`` (default: this publisher's), with no
+    async def append(self, bodies: list[m.Body], key: m.WorkerKey | list[m.WorkerKey] | None = None) -> list[int]:
+        """Append entries in one round trip, signed with ``key`` (default: this publisher's; a list: one
+        per entry), with no
         retry buffer: a transient Redis error is raised, so a bridge leaves its batch unacknowledged on
         the broker and tries again. Per entry: 1 appended, 0 outbox full (dead-lettered), 2 a
         duplicate of an entry already delivered (skipped)."""
         if not bodies:
             return []
-        return [int(r) for r in await self._run([self._args(b, key) for b in bodies])]
+        keys = key if isinstance(key, list) else [key] * len(bodies)
+        return [int(r) for r in await self._run([self._args(b, k) for b, k in zip(bodies, keys)])]
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every buffered message reached Redis (raises DeliveryError on timeout)."""

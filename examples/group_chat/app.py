@@ -2,6 +2,8 @@
 
 The agents are separate processes (agents.py, no Chainlit); they answer by streaming into this
 session through cl-scale's worker path, so their turns land in the chat wherever the user is connected.
+With ``CL_SCALE_OUTBOUND_URL`` set (the Kafka variant), questions go to that topic instead of Redis,
+and the agents answer through ``cl-scale bridge``.
 """
 
 import os
@@ -28,5 +30,10 @@ async def start():
 
 @cl.on_message
 async def on_message(message: cl.Message):
+    if os.environ.get("CL_SCALE_OUTBOUND_URL"):  # the Kafka variant
+        import cl_scale.outbound
+
+        await cl_scale.outbound.publish(message)
+        return
     await redis().xadd(TURNS, {"session": cl.context.session.id, "to": "planner", "question": message.content,
                                "transcript": ""}, maxlen=10_000, approximate=True)

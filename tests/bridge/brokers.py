@@ -87,7 +87,19 @@ class AmqpFace:
         self.node = node
 
     async def new_source(self) -> str:
+        """A fresh queue, declared and bound (as an operator would) so messages published before the
+        bridge starts are kept; the bridge URL that consumes it."""
+        import aio_pika
+
         self.queue = f"replies-{uuid.uuid4().hex[:8]}"
+        connection = await aio_pika.connect(self.node.url)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange("replies", "topic", durable=True)
+            queue = await channel.declare_queue(self.queue, durable=True)
+            await queue.bind(exchange, routing_key=self.queue)
+        finally:
+            await connection.close()
         return (f"amqp://guest@127.0.0.1:{self.node.port}/?queue={self.queue}&exchange=replies&routing_key={self.queue}"
                 f"&dead_letters={self.queue}-dlq")
 

@@ -147,11 +147,12 @@ async def test_bad_messages_are_dead_lettered_acknowledged_and_the_bridge_keeps_
         assert all(x["reason"].startswith(f"{broker.kind}: ") for x in letters)
         assert worker_texts(client) == ["w-ok", "w-signed"]
         copies = await broker.dead_copies(len(cases))
-        assert len(copies) == len(cases)
+        assert len(copies) == len(cases), f"{len(copies)} broker dead-letter copies"
         await asyncio.sleep(0.5)
         bridge.stop()
-        assert await broker.pending() == 0  # refused ones acknowledged too: never redelivered
-        assert bridge.proc.popen.returncode == 0
+        pending = await broker.pending()
+        assert pending == 0, f"{pending} left unacknowledged: {bridge.proc.log()[-2000:]}"  # never redelivered
+        assert bridge.proc.popen.returncode == 0, bridge.proc.log()[-2000:]
     finally:
         await client.close()
 
@@ -211,3 +212,23 @@ async def _letters(redis_url: str, n: int, timeout: float = 20.0) -> list[dict]:
             return letters
         await asyncio.sleep(0.1)
     return await dlq(redis_url)
+
+
+async def test_a_backlog_waits_on_the_broker_instead_of_filling_a_connected_sessions_outbox(cluster, broker, bridges):
+    """A bridge reads a backlog faster than the owner renders it: with an outbox bound of 20, 400 messages
+    for one connected session all arrive, in order, and none is dead-lettered as outbox_full."""
+    (a,) = cluster.start(1, env=WORKER_ENV).instances
+    client = await started(ChainlitClient(a.url, reconnection=False))
+    try:
+        source = await broker.new_source()
+        await broker.publish(batch_for([client], 400))  # the backlog is there before the bridge starts
+        bridge = bridges(source, cluster.redis.url, env={"CL_SCALE_WORKER_OUTBOX_MAX": "20"}).start()
+        try:
+            await wait_texts([client], 400, timeout=90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; dead letters {len(await dlq(cluster.redis.url))}; bridge log: "
+                                 f"{bridge.proc.log()[-1500:]}") from None
+        assert worker_texts(client) == [f"w{i:03d}" for i in range(400)]
+        assert await dlq(cluster.redis.url) == []
+    finally:
+        await client.close()

@@ -1,0 +1,310 @@
+"""``cl-scale bench --paths``: the four ways a worker reaches a chat, side by side, in one run.
+
+(1) ``sdk``: ``Publisher`` straight into the outbox; (2) ``gateway``: HTTP POST to the instance's
+``/cl-scale/v1``; (3) ``kafka``: produce to a topic (tansu) that ``cl-scale bridge`` consumes;
+(4) ``amqp``: publish to a RabbitMQ queue that ``cl-scale bridge`` consumes. One cl-scale instance,
+one Redis, the same Socket.IO client measuring arrival on every path.
+
+Latency: one message at a time, paths interleaved, publish -> received by the client. Sustained:
+N messages per path into a fresh session, published in batches of 100 on every path (SDK
+``send_many``; 100 gateway requests in flight; 100 Kafka produces then one flush; 100 RabbitMQ
+publishes with confirms in flight), delivery rate = messages / (first publish -> last arrival), every
+lost message counted. Writes ``paths.json`` and ``plots/paths.png``; the README block is generated
+from the JSON (``readme_section``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cl_scale.bench.measure import summary
+from cl_scale.bench.worker import Arrivals, _until
+
+PATHS = ("sdk", "gateway", "kafka", "amqp")
+LABELS = {"sdk": "Redis SDK (`Publisher`)", "gateway": "HTTP gateway", "kafka": "Kafka bridge (tansu)",
+          "amqp": "RabbitMQ bridge"}
+KEY = ("bench", "bench-secret-" + "x" * 20)
+TOKEN = "bench-token-" + "y" * 20
+BATCH = 100
+MARK_START, MARK_END = "<!-- bench-paths:start -->", "<!-- bench-paths:end -->"
+
+
+def params(quick: bool) -> dict:
+    return {"rounds": 20, "messages": 300, "quick": True} if quick else {"rounds": 300, "messages": 10_000,
+                                                                         "quick": False}
+
+
+class Senders:
+    """One ``send(items)`` per path; ``items`` = [(session id, message id, text)], published as one batch."""
+
+    def __init__(self, redis_url: str, gateway_url: str, kafka_bootstrap: str, topic: str, amqp_url: str, queue: str):
+        self.redis_url, self.gateway_url = redis_url, gateway_url
+        self.kafka_bootstrap, self.topic, self.amqp_url, self.queue = kafka_bootstrap, topic, amqp_url, queue
+
+    async def __aenter__(self) -> "Senders":
+        import aio_pika
+        import httpx
+        from aiokafka import AIOKafkaProducer
+
+        from cl_scale.worker import Publisher
+
+        self.pub = Publisher(self.redis_url, KEY[0], KEY[1], outbox_max=1_000_000)
+        self.http = httpx.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30,
+                                      limits=httpx.Limits(max_connections=BATCH))
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.kafka_bootstrap, acks="all", linger_ms=0)
+        await self.producer.start()
+        self.amqp = await aio_pika.connect(self.amqp_url)
+        self.channel = await self.amqp.channel(publisher_confirms=True)
+        await self.channel.declare_queue(self.queue, durable=True)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.pub.aclose()
+        await self.http.aclose()
+        await self.producer.stop()
+        await self.amqp.close()
+
+    async def send(self, path: str, items: list[tuple[str, str, str]]) -> None:
+        if path == "sdk":
+            if len(items) == 1:
+                sid, mid, text = items[0]
+                await self.pub.send(sid, text, message_id=mid)
+            else:
+                await self.pub.send_many([{"session_id": s, "message_id": m, "text": t} for s, m, t in items])
+        elif path == "gateway":
+            responses = await asyncio.gather(*(self.http.post(f"{self.gateway_url}/cl-scale/v1/sessions/{s}/messages",
+                                                              json={"id": m, "text": t}) for s, m, t in items))
+            bad = [r.status_code for r in responses if r.status_code != 202]
+            if bad:
+                raise RuntimeError(f"gateway answered {bad[:3]}")
+        elif path == "kafka":
+            futures = [await self.producer.send(self.topic, _payload(s, m, t), key=s.encode()) for s, m, t in items]
+            await asyncio.gather(*futures)
+        else:
+            import aio_pika
+
+            await asyncio.gather(*(self.channel.default_exchange.publish(
+                aio_pika.Message(_payload(s, m, t), content_type="application/json"), routing_key=self.queue)
+                for s, m, t in items))
+
+
+def _bridge_counts(health_port: int) -> dict:
+    """The bridge's forwarded messages and batches so far (its /metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line and not line.startswith("#") and " " in line}
+    return {"forwarded": int(values.get("clscale_bridge_forwarded_total", 0)),
+            "batches": int(values.get("clscale_bridge_batches_total", 0))}
+
+
+def _payload(sid: str, mid: str, text: str) -> bytes:
+    return json.dumps({"session_id": sid, "id": mid, "text": text}).encode()
+
+
+async def _client(url: str):
+    from cl_scale.ops.client import ChainlitClient
+
+    client = ChainlitClient(url)
+    arrivals = Arrivals(client)
+    await client.connect(timeout=30)
+    await client.wait_for(lambda: client.messages(), 30)
+    return client, arrivals
+
+
+async def _latency(senders: Senders, url: str, rounds: int) -> dict:
+    client, arrivals = await _client(url)
+    samples: dict[str, list[float]] = {p: [] for p in PATHS}
+    try:
+        for path in PATHS:  # warm-up: connections, the bridges' first batch
+            mid = str(uuid.uuid4())
+            await senders.send(path, [(client.session_id, mid, "warm-up")])
+            await _until(lambda mid=mid: mid in arrivals.at, 30)
+        for i in range(rounds):
+            order = PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]
+            for path in order:
+                mid = str(uuid.uuid4())
+                t0 = time.perf_counter()
+                await senders.send(path, [(client.session_id, mid, f"lat {i}")])
+                if await _until(lambda mid=mid: mid in arrivals.at, 10):
+                    samples[path].append((arrivals.at[mid] - t0) * 1000)
+    finally:
+        await client.close()
+    return {p: {**summary(v), "lost": rounds - len(v)} for p, v in samples.items()}
+
+
+async def _sustained(senders: Senders, url: str, path: str, total: int) -> dict:
+    client, arrivals = await _client(url)
+    sid = client.session_id
+    ids = [str(uuid.uuid4()) for _ in range(total)]
+    sent_at: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        for k in range(0, total, BATCH):
+            chunk = ids[k:k + BATCH]
+            now = time.perf_counter()
+            sent_at.update({m: now for m in chunk})
+            await senders.send(path, [(sid, m, f"tp {k + j}") for j, m in enumerate(chunk)])
+        published = time.perf_counter() - t0
+        await _until(lambda: all(i in arrivals.at for i in ids), 180)
+        got = [i for i in ids if i in arrivals.at]
+        elapsed = (max(arrivals.at[i] for i in got) - t0) if got else 0.0
+        waits = [(arrivals.at[i] - sent_at[i]) * 1000 for i in got]
+        return {"messages": total, "received": len(got), "lost": total - len(got), "batch": BATCH,
+                "publish_msgs_per_s": round(total / published, 1) if published else None,
+                "delivery_msgs_per_s": round(len(got) / elapsed, 1) if elapsed else None,
+                "loaded_latency": summary(waits)}
+    finally:
+        await client.close()
+
+
+def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
+    from importlib import resources
+
+    from cl_scale.ops.brokers import RabbitNode, Tansu
+    from cl_scale.ops.cluster import ProcessCluster
+    from cl_scale.ops.processes import CL_SCALE, Proc, RedisServer, free_port, http_status, init_chainlit_files
+
+    p = params(quick)
+    started = time.time()
+    env = {"CL_SCALE_WORKER_KEYS": ":".join(KEY), "CL_SCALE_GATEWAY_TOKENS": f"bench:{TOKEN}"}
+    procs: list = []
+    health_ports: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="cl-scale-bench-paths-") as tmpdir:
+        tmp = Path(tmpdir)
+        redis = RedisServer(tmp).start()
+        kafka = rabbit = cluster = None
+        try:
+            app_dir = tmp / "app"
+            app_dir.mkdir()
+            (app_dir / "app.py").write_text(resources.files("cl_scale.bench.apps").joinpath("echo.py").read_text())
+            init_chainlit_files(app_dir)
+            log("starting one cl-scale instance, tansu and a RabbitMQ node")
+            cluster = ProcessCluster(app_dir, tmp / "run", redis=redis, env=env)
+            cluster.start(1, prefix="paths")
+            kafka = Tansu(tmp).start()
+            rabbit = RabbitNode().start()
+            topic, queue = "bench-replies", "bench-replies"
+            asyncio.run(kafka.create_topic(topic, 3))
+            # tansu answers a fetch only when its wait ends (a Kafka broker answers as data arrives):
+            # a short fetch wait stands in for that here (see the README note)
+            for url in (f"kafka://{kafka.bootstrap}/{topic}?group=bench&fetch_max_wait_ms=5",
+                        f"amqp://guest@127.0.0.1:{rabbit.port}/?queue={queue}"):
+                health = free_port()
+                proc = Proc([CL_SCALE, "bridge", url, "--redis-url", redis.url, "--health-port", str(health),
+                             "--batch-size", "200"], env={**env, "CL_SCALE_AMQP_PASSWORD": "guest"},
+                            log_path=tmp / f"bridge-{health}.log").start()
+                procs.append(proc)
+                health_ports.append(health)
+                deadline = time.monotonic() + 60
+                while http_status(f"http://127.0.0.1:{health}/readyz") != 200:
+                    if time.monotonic() > deadline or not proc.alive():
+                        raise RuntimeError(f"bridge for {url} not ready: {proc.log()[-2000:]}")
+                    time.sleep(0.1)
+            url = cluster.instances[0].url
+
+            async def measure() -> dict:
+                async with Senders(redis.url, url, kafka.bootstrap, topic, rabbit.url, queue) as senders:
+                    log(f"latency: {p['rounds']} rounds, one message at a time per path")
+                    latency = await _latency(senders, url, p["rounds"])
+                    sustained = {}
+                    for path in PATHS:
+                        log(f"sustained: {p['messages']} messages through {path}")
+                        sustained[path] = await _sustained(senders, url, path, p["messages"])
+                        if path in ("kafka", "amqp"):
+                            sustained[path]["bridge"] = _bridge_counts(health_ports[0 if path == "kafka" else 1])
+                        log(f"  {path}: {json.dumps(sustained[path])}")
+                        await asyncio.sleep(1.0)
+                    return {"latency": latency, "sustained": sustained}
+
+            measured = asyncio.run(measure())
+        finally:
+            for proc in procs:
+                proc.stop()
+            for thing in (cluster, kafka, rabbit, redis):
+                if thing is not None:
+                    thing.stop()
+    results = {
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "params": p, "labels": LABELS,
+        "notes": [__doc__.split("\n\n")[1].replace("\n", " "), __doc__.split("\n\n")[2].split(" Writes")[0]
+                  .replace("\n", " ")],
+        **measured,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "paths.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out_dir / "plots" / "paths.png")
+    return results
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def readme_section(results: dict) -> str:
+    lat, sus, p = results["latency"], results["sustained"], results["params"]
+    lines = ["| path | latency p50 / p99 (one at a time) | sustained: delivered msgs/s (published msgs/s) | "
+             "lost | latency p50 / p99 under load |", "|---|---|---|---|---|"]
+    for path in PATHS:
+        lt, s = lat[path], sus[path]
+        lines.append(f"| {LABELS[path]} | {lt['p50_ms']:.2f} / {lt['p99_ms']:.2f} ms | "
+                     f"{s['delivery_msgs_per_s']:,.0f} ({s['publish_msgs_per_s']:,.0f}) | "
+                     f"{s['lost'] + lt['lost']} | {s['loaded_latency']['p50_ms']:.0f} / "
+                     f"{s['loaded_latency']['p99_ms']:.0f} ms |")
+    sdk = lat["sdk"]["p50_ms"]
+    lines += ["", f"_{results['machine']['cpus']} CPUs, {results['generated']}; {p['rounds']} one-at-a-time rounds "
+                  f"per path, {p['messages']:,} messages per path in batches of {BATCH}"
+                  f"{' (quick run)' if p.get('quick') else ''}. Regenerate: `cl-scale bench --paths`._", "",
+              "- p50 latency against the SDK path: " + ", ".join(
+                  f"{path} {_ratio(lat[path]['p50_ms'], sdk)}" for path in PATHS[1:]) + "."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results_path: Path) -> None:
+    from cl_scale.errors import UserError
+
+    text = readme.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        raise UserError(f"{readme}: needs the markers {MARK_START} and {MARK_END}")
+    results = json.loads(results_path.read_text())
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    readme.write_text(f"{head}{MARK_START}\n{readme_section(results)}\n{MARK_END}{tail}")
+
+
+def plot(results: dict, target: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(PATHS))
+    p50 = [results["latency"][p]["p50_ms"] for p in PATHS]
+    p99 = [results["latency"][p]["p99_ms"] for p in PATHS]
+    ax1.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+    ax1.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
+    ax1.set_xticks(list(x), PATHS)
+    ax1.set_ylabel("ms")
+    ax1.set_title("publish -> received, one at a time")
+    ax1.legend()
+    ax2.bar(list(x), [results["sustained"][p]["delivery_msgs_per_s"] or 0 for p in PATHS], color="tab:green")
+    ax2.set_xticks(list(x), PATHS)
+    ax2.set_ylabel("messages / s")
+    ax2.set_title(f"sustained delivery, batches of {BATCH}")
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
