@@ -17,6 +17,9 @@ from packaging.requirements import Requirement
 PACKAGE = Path(__file__).resolve().parents[1] / "cl_scale"
 #: Folders whose modules run only under ``cl-scale loadtest`` / ``cl-scale bench``.
 LOADTEST_ONLY = ("loadtest", "bench")
+#: Modules that run only under ``cl-scale bridge`` or in an app that publishes outbound (the
+#: ``bridges`` extra: ``kafka`` + ``amqp``).
+BRIDGES_ONLY = ("bridge", "outbound.py")
 
 
 def declared(extra: str | None) -> set[str]:
@@ -56,14 +59,22 @@ def is_loadtest(path: Path) -> bool:
     return path.relative_to(PACKAGE).parts[0] in LOADTEST_ONLY
 
 
+def is_bridge(path: Path) -> bool:
+    return path.relative_to(PACKAGE).parts[0] in BRIDGES_ONLY
+
+
 def test_every_import_is_declared_where_it_is_used():
     files = list(PACKAGE.rglob("*.py"))
     # Chainlit (pinned) brings these, and cl-scale uses them as Chainlit's parts: its server, its app.
     through_chainlit = {"starlette", "uvicorn", "python-engineio", "packaging", "nest-asyncio"}
-    missing_base = distributions(imported(p for p in files if not is_loadtest(p))) - declared(None) - through_chainlit
+    missing_base = distributions(imported(p for p in files if not is_loadtest(p) and not is_bridge(p))) \
+        - declared(None) - through_chainlit
     assert not missing_base, f"imported by cl-scale but not declared: {sorted(missing_base)}"
     missing_extra = distributions(imported(p for p in files if is_loadtest(p))) - declared("loadtest") - through_chainlit
     assert not missing_extra, f"imported by loadtest/bench but not in the loadtest extra: {sorted(missing_extra)}"
+    bridges = declared("bridges") | declared("kafka") | declared("amqp")
+    missing_bridges = distributions(imported(p for p in files if is_bridge(p))) - declared(None) - bridges
+    assert not missing_bridges, f"imported by the bridges but not in the bridges extra: {sorted(missing_bridges)}"
 
 
 @pytest.mark.parametrize("command", ["loadtest", "bench"])

@@ -170,7 +170,7 @@ async def _sustained(senders: Senders, url: str, path: str, total: int) -> dict:
 def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
     from importlib import resources
 
-    from cl_scale.ops.brokers import RabbitNode, Tansu
+    from cl_scale.bench.brokers import RabbitNode, Tansu
     from cl_scale.ops.cluster import ProcessCluster
     from cl_scale.ops.processes import CL_SCALE, Proc, RedisServer, free_port, http_status, init_chainlit_files
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cl_scale.bench import paths
-from cl_scale.ops.brokers import RabbitNode, Tansu, Unavailable
+from cl_scale.bench.brokers import RabbitNode, Tansu, Unavailable
 
 pytestmark = pytest.mark.slow
 

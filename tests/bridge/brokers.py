@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 
-from cl_scale.ops.brokers import RabbitNode, Tansu
+from cl_scale.bench.brokers import RabbitNode, Tansu
 
 
 class KafkaFace:

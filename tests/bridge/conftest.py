@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cl_scale.ops.brokers import RabbitNode, Tansu, Unavailable
+from cl_scale.bench.brokers import RabbitNode, Tansu, Unavailable
 from cl_scale.ops.processes import CL_SCALE, Proc, free_port, http_status
 from tests.bridge.brokers import AmqpFace, KafkaFace
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import redis.asyncio as aioredis
 
-from cl_scale.ops.brokers import Tansu, Unavailable
+from cl_scale.bench.brokers import Tansu, Unavailable
 from cl_scale.ops.client import ChainlitClient
 from cl_scale.ops.processes import free_port, http_status
 from cl_scale.wire.keyspace import Keyspace
