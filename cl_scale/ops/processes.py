@@ -22,7 +22,30 @@ VENV_BIN = Path(sys.executable).parent
 CL_SCALE = str(VENV_BIN / "cl-scale")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, chosen *below* the kernel's ephemeral range: a port from that range
+    (what ``bind(0)`` returns) can be taken by any outgoing connection (a Kafka client, Redis, a
+    browser) between this check and the server's own bind. Falls back to ``bind(0)``."""
+    import random
+
+    lo, _ = _ephemeral_range()
+    if lo > 12000:
+        for _ in range(50):  # bounded
+            port = random.randint(10000, lo - 1)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

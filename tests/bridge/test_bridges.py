@@ -232,3 +232,37 @@ async def test_a_backlog_waits_on_the_broker_instead_of_filling_a_connected_sess
         assert await dlq(cluster.redis.url) == []
     finally:
         await client.close()
+
+
+async def test_two_kafka_bridge_replicas_share_the_partitions_each_session_once_in_order(cluster, tansu, bridges):
+    """Bridge replicas in one consumer group split the topic's partitions; sessions keyed to different
+    partitions are forwarded by different replicas, each session's messages still once, in order."""
+    from tests.bridge.brokers import KafkaFace
+
+    broker = KafkaFace(tansu)
+    insts = cluster.start(2, env=WORKER_ENV).instances
+    clients = [await started(ChainlitClient(insts[i % 2].url, reconnection=False)) for i in range(4)]
+    try:
+        source = await broker.new_source()
+        first = bridges(source, cluster.redis.url, "--name", "kafka-a").start()
+        second = bridges(source, cluster.redis.url, "--name", "kafka-b").start()
+        await asyncio.sleep(3)  # the group rebalances onto both members
+        await broker.publish(batch_for(clients, 100))
+        await wait_texts(clients, 100, timeout=60)
+        await asyncio.sleep(0.5)
+        for c in clients:
+            assert worker_texts(c) == [f"w{i:03d}" for i in range(100)]
+        import re
+        import urllib.request
+
+        counts = []
+        for b in (first, second):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{b.health}/metrics", timeout=5).read().decode()
+            counts.append(float(re.search(r"^clscale_bridge_forwarded_total (\S+)$", text, re.M).group(1)))
+        assert sum(counts) == 400, counts  # nothing forwarded twice
+        for b in (first, second):  # both replicas hold partitions (which sessions they carry: the key hash)
+            assigned = re.findall(r"Setting newly assigned partitions (\{.*\}|set\(\))", b.proc.log())
+            assert assigned and assigned[-1] != "set()", b.proc.log()[-2000:]
+    finally:
+        for c in clients:
+            await c.close()
