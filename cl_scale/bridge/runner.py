@@ -154,10 +154,9 @@ class Runner:
         return self.redis_ok
 
     def status(self) -> dict:
-        refused = sum(s.value for m in metrics.REFUSED.collect() for s in m.samples if s.name.endswith("_total"))
         return {"name": self.name, "kind": self.settings.kind, "source": self.settings.shown,
-                "connected": self.connected, "lag": self.lag, "forwarded": int(metrics.FORWARDED._value.get()),
-                "refused": int(refused), "last_seen": self.last_seen, "pid": os.getpid(), "at": time.time()}
+                "connected": self.connected, "lag": self.lag, "forwarded": _total(metrics.FORWARDED),
+                "refused": _total(metrics.REFUSED), "last_seen": self.last_seen, "pid": os.getpid(), "at": time.time()}
 
     async def _heartbeat_loop(self) -> None:
         key = self.bridge.pub.keys.bridges
@@ -180,6 +179,11 @@ class Runner:
             await self.bridge.pub.redis.hdel(self.bridge.pub.keys.bridges, self.name)
         except Exception:
             pass
+
+
+def _total(counter) -> int:
+    """A counter's value, summed over its labels."""
+    return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
 
 
 async def serve_health(runner: Runner, host: str, port: int):

@@ -16,7 +16,7 @@ from cl_scale.bridge.core import signature_headers
 from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire.keyspace import Keyspace
 from tests.bridge.conftest import WORKER_ENV
-from tests.worker.helpers import dlq, shown, started, worker_texts
+from tests.worker.helpers import dlq, offline, shown, started, worker_texts
 
 pytestmark = pytest.mark.slow
 KEYS = Keyspace()
@@ -128,7 +128,7 @@ async def test_bad_messages_are_dead_lettered_acknowledged_and_the_bridge_keeps_
     (a,) = cluster.start(1, env=WORKER_ENV).instances
     client = await started(ChainlitClient(a.url, reconnection=False))
     gone = await started(ChainlitClient(a.url, reconnection=False))
-    await gone.close()
+    await offline(cluster.redis.url, gone)  # the instance has written its last word on this session
     r = aioredis.Redis.from_url(cluster.redis.url)
     await r.delete(KEYS.session(gone.session_id))  # what Redis's TTL does to an expired session
     await r.aclose()
