@@ -17,6 +17,7 @@ waits on the broker instead of being dead-lettered as ``outbox_full``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from cl_scale.bridge import metrics
 from cl_scale.wire import dead_letters
 from cl_scale.wire import messages as m
 from cl_scale.wire.records import CONNECTED, IDENTITY_FIELDS, identity_from
-from cl_scale.worker.publisher import Publisher
+from cl_scale.worker.publisher import MessageTooLarge, Publisher
 from cl_scale.worker.requests import Envelope
 
 log = logging.getLogger("cl_scale.bridge")
@@ -123,11 +124,11 @@ class Bridge:
             except _Refuse as r:
                 out.refused.append(Refused(item, r.code, r.reason, session=env.session_id or "", kid=key.kid))
             except ValueError as exc:  # too large once framed, bad element...
-                code = "oversized" if "bytes" in str(exc) else "malformed"
+                code = "oversized" if isinstance(exc, MessageTooLarge) else "malformed"
                 out.refused.append(Refused(item, code, f"{code}: {exc}", session=env.session_id or "", kid=key.kid))
         if out.refused:  # before appending: a refusal is recorded even if the append waits or fails
             await self._dead_letter(out.refused)
-        await self._append_in_order(work, out, wait or _no_wait, room)
+        await self._append_in_order(work, out, wait or _sleep, room)
         metrics.FORWARDED.inc(out.forwarded)
         metrics.DUPLICATES.inc(out.duplicates)
         for r in out.refused:
@@ -146,7 +147,7 @@ class Bridge:
             if known is not None and all(sid in known for sid in sessions):
                 room = known  # read with the identities, in the same round trip
             else:
-                room = await self._room(sessions)
+                room = (await self._read_sessions(sessions))[1]
             known = None
             used: dict[str, int] = {}
             j = i
@@ -174,7 +175,9 @@ class Bridge:
             i = j
 
     async def _read_sessions(self, session_ids: list[str]) -> tuple[dict, dict]:
-        """Identity (exists, stored user, thread) and outbox room of each named session, one round trip."""
+        """Identity (exists, stored user, thread) and outbox room of each named session, one round trip.
+        Room: free places in the outbox of a connected session; None for an offline one (its outbox
+        fills to the bound, then dead-letters, as with the SDK)."""
         unique = list(dict.fromkeys(session_ids))
         if not unique:
             return {}, {}
@@ -189,16 +192,6 @@ class Bridge:
             identities[sid] = identity_from(row[:3]) or await self.pub.session_identity(sid)  # old records
             room[sid] = max(0, self.pub.outbox_max - depth) if row[3] == b"1" else None
         return identities, room
-
-    async def _room(self, session_ids: list[str]) -> dict[str, int | None]:
-        """Free places in each session's outbox if it is connected (None: offline, unbounded here)."""
-        pipe = self.pub.redis.pipeline(transaction=False)
-        for sid in session_ids:
-            pipe.hget(self.pub.keys.session(sid), CONNECTED)
-            pipe.xlen(self.pub.keys.outbox(sid))
-        rows = await pipe.execute()
-        return {sid: (max(0, self.pub.outbox_max - rows[2 * k + 1]) if rows[2 * k] == b"1" else None)
-                for k, sid in enumerate(session_ids)}
 
     # -- checks ------------------------------------------------------------------------------------
     def _parse(self, item: Incoming) -> tuple[Envelope, m.WorkerKey]:
@@ -263,9 +256,8 @@ class Bridge:
             log.info("%s: refused a message (%s): %s", self.kind, r.code, r.reason)
 
 
-async def _no_wait(seconds: float) -> bool:
-    import asyncio
-
+async def _sleep(seconds: float) -> bool:
+    """The default ``wait`` of ``Bridge.forward``: sleep, never stop."""
     await asyncio.sleep(seconds)
     return True
 

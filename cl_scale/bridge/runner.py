@@ -42,18 +42,19 @@ def make_source(settings: BrokerSettings, client_id: str):
 
 
 class Runner:
-    """One bridge: ``source`` (a broker) into ``bridge`` (outboxes).
+    """One bridge: the broker ``settings`` name (its source, ``make_source``) into ``bridge`` (outboxes).
 
     :param batch_size: at most this many messages per batch (one Redis round trip to append them).
     :param batch_seconds: how long to wait for a first message before checking health again.
     :param name: this bridge in ``cl-scale status`` (default: ``kind-hostname``).
     """
 
-    def __init__(self, source, bridge: Bridge, settings: BrokerSettings, *, batch_size: int = 200,
+    def __init__(self, bridge: Bridge, settings: BrokerSettings, *, batch_size: int = 200,
                  batch_seconds: float = 0.05, name: str | None = None):
-        self.source, self.bridge, self.settings = source, bridge, settings
+        self.bridge, self.settings = bridge, settings
         self.batch_size, self.batch_seconds = batch_size, batch_seconds
         self.name = name or f"{settings.kind}-{socket.gethostname()}"
+        self.source = make_source(settings, client_id=self.name)
         self.connected = False
         self.redis_ok = False
         self.lag: int | None = None

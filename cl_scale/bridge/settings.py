@@ -93,12 +93,11 @@ class BrokerSettings:
         if not hosts:
             raise ConfigError(what, shown, "no host")
         if kind == "kafka":
-            return cls._kafka(shown, what, hosts, unquote(user), password or (None if password_here else "?"),
-                              parts.path, params, inbound)
+            return cls._kafka(shown, what, hosts, unquote(user), password, parts.path, params, inbound, password_here)
         return cls._amqp(shown, what, parts, hosts, unquote(user), password, params, inbound)
 
     @classmethod
-    def _kafka(cls, shown, what, hosts, user, password, path, params, inbound) -> "BrokerSettings":
+    def _kafka(cls, shown, what, hosts, user, password, path, params, inbound, password_here) -> "BrokerSettings":
         servers = [h.strip() for h in hosts.split(",") if h.strip()]
         for h in servers:
             m = _HOSTPORT.match(h)
@@ -120,7 +119,7 @@ class BrokerSettings:
             mechanism = params.get("sasl_mechanism", "PLAIN")
             if mechanism not in _MECHANISMS:
                 raise ConfigError(what, shown, f"sasl_mechanism {mechanism!r}: one of {', '.join(sorted(_MECHANISMS))}")
-            if not user or not password:
+            if not user or (password_here and not password):
                 raise ConfigError(what, shown, f"{protocol} needs sasl_username and a password "
                                                f"(${PASSWORD_ENV['kafka']})")
             options.update(sasl_mechanism=mechanism, sasl_plain_username=user, sasl_plain_password=password)

@@ -60,15 +60,14 @@ def bridge_cmd(
 
     async def main() -> None:
         from cl_scale.bridge.core import Bridge
-        from cl_scale.bridge.runner import Runner, make_source, serve_health
+        from cl_scale.bridge.runner import Runner, serve_health
         from cl_scale.worker.publisher import Publisher
 
         pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, author="Worker",
                         outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
         bridge = Bridge(pub, key, known_keys=settings.known_keys, require_signature=require_signature,
                         kind=broker.kind)
-        runner = Runner(None, bridge, broker, batch_size=batch_size, name=name)
-        runner.source = make_source(broker, client_id=runner.name)
+        runner = Runner(bridge, broker, batch_size=batch_size, name=name)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stopping.set)

@@ -8,6 +8,7 @@ is stopped by PID with bounded waits.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,8 +35,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, chosen *below* the kernel's ephemeral range: a port from that range
     (what ``bind(0)`` returns) can be taken by any outgoing connection (a Kafka client, Redis, a
     browser) between this check and the server's own bind. Falls back to ``bind(0)``."""
-    import random
-
     lo, _ = _ephemeral_range()
     if lo > 12000:
         for _ in range(50):  # bounded

@@ -87,11 +87,11 @@ class Publisher:
         return mid
 
     async def update(self, session_id: str, message_id: str, text: str, author: str | None = None) -> str:
-        await self._publish(self._body(session_id, "update", f"{message_id}:u:{m.new_id()}", message_id, text, author))
+        await self._publish(self._update_body(session_id, message_id, text, author))
         return message_id
 
     async def remove(self, session_id: str, message_id: str) -> str:
-        await self._publish(self._body(session_id, "remove", f"{message_id}:rm", message_id, ""))
+        await self._publish(self._remove_body(session_id, message_id))
         return message_id
 
     async def send_many(self, items: list[dict]) -> list[str]:
@@ -126,6 +126,13 @@ class Publisher:
             await self._publish(*bodies)
         return message_id
 
+    def _update_body(self, session_id: str, message_id: str, text: str, author: str | None) -> m.Body:
+        """Every update is its own entry (a later update of one message is not a duplicate)."""
+        return self._body(session_id, "update", f"{message_id}:u:{m.new_id()}", message_id, text, author)
+
+    def _remove_body(self, session_id: str, message_id: str) -> m.Body:
+        return self._body(session_id, "remove", f"{message_id}:rm", message_id, "")
+
     def _stream_bodies(self, session_id, message_id, tokens, *, offset, end, text, author) -> list[m.Body]:
         bodies = [self._body(session_id, "token", f"{message_id}:{offset + i + 1}", message_id, tok, author)
                   for i, tok in enumerate(tokens) if tok]
@@ -159,9 +166,9 @@ class Publisher:
                                [e.model_dump() for e in request.elements], target) for sid in session_ids]
         (sid,) = session_ids
         if request.kind == "update":
-            return [self._body(sid, "update", f"{mid}:u:{m.new_id()}", mid, request.text, request.author)]
+            return [self._update_body(sid, mid, request.text, request.author)]
         if request.kind == "remove":
-            return [self._body(sid, "remove", f"{mid}:rm", mid, "")]
+            return [self._remove_body(sid, mid)]
         return self._stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
                                    text=request.text, author=request.author)
 
