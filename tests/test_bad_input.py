@@ -210,6 +210,8 @@ CASES = [
          ("unknown parameter", "colour"), env=WORKER_ENV),
     Case("bridge amqp without queue", ["bridge", f"amqp://u:{PASSWORD}@h/v"], ("queue=NAME",), env=WORKER_ENV),
     Case("bridge amqp prefetch 0", ["bridge", "amqp://h/v?queue=q&prefetch=0"], ("prefetch",), env=WORKER_ENV),
+    Case("bridge amqps CA file missing", ["bridge", "amqps://h/v?queue=q&ssl_cafile=/nonexistent/ca.pem"],
+         ("ssl_cafile", "/nonexistent/ca.pem", "not a readable file"), env=WORKER_ENV),
     Case("bridge --batch-size 0", ["bridge", "amqp://h/v?queue=q", "--batch-size", "0"], ("--batch-size", "0"),
          env=WORKER_ENV),
     Case("bridge without any key", ["bridge", "amqp://h/v?queue=q", "--redis-url", "{redis}"],

@@ -76,9 +76,13 @@ class Tansu:
 
 
 class RabbitNode:
-    """A private RabbitMQ node (guest/guest on loopback) on free ports, data under ``tmp``."""
+    """A private RabbitMQ node (guest/guest on loopback) on free ports, data under ``tmp``.
 
-    def __init__(self, tmp: Path | None = None, port: int | None = None):
+    :param tls: also listen for ``amqps://`` on ``tls_port``, with a certificate for ``127.0.0.1``
+        signed by a private CA (``ca_file``), made with ``openssl`` at start.
+    """
+
+    def __init__(self, tmp: Path | None = None, port: int | None = None, tls: bool = False):
         # the node runs as the rabbitmq user: its directory must be reachable by it (pytest's tmp_path
         # sits under a 0700 directory), so it gets its own under the system temp dir
         self.tmp = Path(tempfile.mkdtemp(prefix="clscale-rabbit-", dir=tmp if tmp and _traversable(tmp) else None))
@@ -86,6 +90,8 @@ class RabbitNode:
         self.dist_port = free_port()
         self.node = f"clscale{uuid.uuid4().hex[:8]}@localhost"
         self.proc: Proc | None = None
+        self.tls_port = free_port() if tls else None
+        self.ca_file = self.tmp / "rabbit" / "tls" / "ca.pem" if tls else None
 
     @property
     def url(self) -> str:
@@ -104,7 +110,10 @@ class RabbitNode:
                 "RABBITMQ_DIST_PORT": str(self.dist_port), "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
                 "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
                 "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"), "RABBITMQ_PID_FILE": str(base / "rabbit.pid"),
-                "HOME": str(base)}
+                "HOME": str(base),
+                # Erlang schedulers spin while idle by default; on a small shared host that spinning
+                # takes CPU the instances need (RabbitMQ's own advice for shared hosts)
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none"}
 
     def start(self, timeout: float = 60.0) -> "RabbitNode":
         binary = self.binary()
@@ -112,8 +121,13 @@ class RabbitNode:
         for sub in ("mnesia", "log"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         (base / "enabled_plugins").write_text("[].\n")
-        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-                                            "loopback_users = none\n")
+        conf = f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        if self.tls_port:
+            tls = _certificates(base / "tls")
+            conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {tls / 'ca.pem'}\nssl_options.certfile = {tls / 'server.pem'}\n"
+                     f"ssl_options.keyfile = {tls / 'server.key'}\nssl_options.verify = verify_none\n")
+        (base / "rabbitmq.conf").write_text(conf)
         if os.geteuid() == 0:  # Debian's wrapper drops root to the rabbitmq user: it must own its files
             try:
                 user = pwd.getpwnam("rabbitmq")
@@ -161,6 +175,24 @@ class RabbitNode:
                     os.kill(int(pid), signal.SIGTERM)
                 except (ProcessLookupError, ValueError):
                     pass
+
+
+def _certificates(target: Path) -> Path:
+    """A private CA and a server certificate for 127.0.0.1/localhost signed by it, under ``target``."""
+    if shutil.which("openssl") is None:
+        raise Unavailable("openssl not found: apt-get install openssl")
+    target.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=target, capture_output=True, check=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=cl-scale test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (target / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return target
 
 
 def _traversable(path: Path) -> bool:

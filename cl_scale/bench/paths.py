@@ -205,7 +205,7 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
             asyncio.run(kafka.create_topic(topic, 3))
             # tansu answers a fetch only when its wait ends (a Kafka broker answers as data arrives):
             # a short fetch wait stands in for that here (see the README note)
-            for url in (f"kafka://{kafka.bootstrap}/{topic}?group=bench&fetch_max_wait_ms=5",
+            for url in (f"kafka://{kafka.bootstrap}/{topic}?group=bench&fetch_max_wait_ms=" + os.environ.get("BENCH_FETCH_WAIT", "5"),
                         f"amqp://guest@127.0.0.1:{rabbit.port}/?queue={queue}"):
                 health = free_port()
                 proc = Proc([CL_SCALE, "bridge", url, "--redis-url", redis.url, "--health-port", str(health),

@@ -33,7 +33,8 @@ class AmqpSource:
     async def connect(self) -> None:
         import aio_pika
 
-        self.connection = await aio_pika.connect(self.s.amqp_url, client_properties={"connection_name": self.client_id},
+        self.connection = await aio_pika.connect(self.s.amqp_url, ssl_context=self.s.ssl_context(),
+                                                 client_properties={"connection_name": self.client_id},
                                                  timeout=10)
         try:
             self.channel = await self.connection.channel()

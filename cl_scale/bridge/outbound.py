@@ -67,7 +67,7 @@ class Outbound:
             return
         import aio_pika
 
-        connection = await aio_pika.connect_robust(self.s.amqp_url, timeout=10)
+        connection = await aio_pika.connect_robust(self.s.amqp_url, timeout=10, ssl_context=self.s.ssl_context())
         channel = await connection.channel(publisher_confirms=True)
         if self.s.exchange:
             self._exchange = await channel.declare_exchange(self.s.exchange, self.s.exchange_type, durable=True)

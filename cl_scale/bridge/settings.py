@@ -5,7 +5,8 @@
     kafka://host:9092[,host2:9092]/TOPIC?group=NAME[&security_protocol=SASL_SSL&sasl_mechanism=PLAIN
             &sasl_username=USER&ssl_cafile=/path/ca.pem][&dead_letters=TOPIC][&fetch_max_wait_ms=500]
     amqp://user@host:5672/VHOST?queue=NAME[&exchange=X&routing_key=K&exchange_type=topic]
-            [&prefetch=200][&dead_letters=QUEUE]              amqps:// (TLS) likewise
+            [&prefetch=200][&dead_letters=QUEUE]
+    amqps://...                 TLS, likewise [&ssl_cafile=/path/ca.pem&ssl_certfile=...&ssl_keyfile=...]
 
 Passwords come from the environment (``CL_SCALE_KAFKA_PASSWORD``, ``CL_SCALE_AMQP_PASSWORD``) or the
 URL's userinfo; either way only ``shown`` (redacted) ever reaches a log, a status line or an error.
@@ -14,6 +15,7 @@ The same URLs name where the outbound publisher (``bridge.outbound``) sends user
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
@@ -28,7 +30,8 @@ _NAME = re.compile(r"[A-Za-z0-9._:/-]{1,249}")  # topic, group, queue, exchange 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$")
 _KAFKA_PARAMS = {"group", "security_protocol", "sasl_mechanism", "sasl_username", "ssl_cafile", "ssl_certfile",
                  "ssl_keyfile", "dead_letters", "client_id", "fetch_max_wait_ms"}
-_AMQP_PARAMS = {"queue", "exchange", "routing_key", "exchange_type", "prefetch", "dead_letters"}
+_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_AMQP_PARAMS = {"queue", "exchange", "routing_key", "exchange_type", "prefetch", "dead_letters", *_SSL_FILES}
 _PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 _MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 _EXCHANGE_TYPES = {"direct", "topic", "fanout", "headers"}
@@ -49,6 +52,7 @@ class BrokerSettings:
     servers: list[str] = field(default_factory=list)  # kafka
     group: str | None = None  # kafka consumer group
     kafka_options: dict = field(default_factory=dict, repr=False)  # security settings for aiokafka
+    ssl_files: dict | None = None  # TLS: ssl_cafile/ssl_certfile/ssl_keyfile given (None: no TLS)
     amqp_url: str = field(default="", repr=False)  # connection URL for aio-pika (with the password)
     exchange: str | None = None
     routing_key: str | None = None
@@ -124,7 +128,7 @@ class BrokerSettings:
                                                f"(${PASSWORD_ENV['kafka']})")
             options.update(sasl_mechanism=mechanism, sasl_plain_username=user, sasl_plain_password=password)
         if protocol.endswith("SSL"):
-            options["ssl_files"] = {k: params[k] for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if k in params}
+            options["ssl_files"] = {k: params[k] for k in _SSL_FILES if k in params}
         if params.get("client_id"):
             options["client_id"] = params["client_id"]
         wait = params.get("fetch_max_wait_ms")
@@ -153,19 +157,30 @@ class BrokerSettings:
         if user:
             netloc = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@" + hosts
         connect_url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-        return cls(kind="amqp", shown=shown, name=queue or exchange, amqp_url=connect_url, exchange=exchange,
+        files = {k: params[k] for k in _SSL_FILES if k in params}
+        if files and parts.scheme != "amqps":
+            raise ConfigError(what, shown, f"{next(iter(files))} needs amqps:// (TLS)")
+        return cls(kind="amqp", ssl_files=files if parts.scheme == "amqps" else None, shown=shown, name=queue or exchange, amqp_url=connect_url, exchange=exchange,
                    routing_key=params.get("routing_key"), exchange_type=etype, prefetch=int(prefetch),
                    dead_letters=params.get("dead_letters"))
 
     def ssl_context(self):
-        """aiokafka's SSL context from the ``ssl_*`` files (None without SSL)."""
-        files = self.kafka_options.get("ssl_files")
+        """The TLS context from the ``ssl_*`` files (None without TLS): the system's CAs unless
+        ``ssl_cafile`` names a private one; a client certificate when ``ssl_certfile`` is given."""
+        files = self.kafka_options.get("ssl_files") if self.kind == "kafka" else self.ssl_files
         if files is None:
             return None
-        from aiokafka.helpers import create_ssl_context
+        import ssl
 
-        return create_ssl_context(cafile=files.get("ssl_cafile"), certfile=files.get("ssl_certfile"),
-                                  keyfile=files.get("ssl_keyfile"))
+        try:
+            ctx = ssl.create_default_context(cafile=files.get("ssl_cafile"))
+            if files.get("ssl_certfile"):
+                ctx.load_cert_chain(files["ssl_certfile"], files.get("ssl_keyfile"))
+        except (OSError, ssl.SSLError) as exc:
+            name = next((k for k in _SSL_FILES if k in files and not os.access(files[k], os.R_OK)), None)
+            why = f"{name} {files[name]!r}: not a readable file" if name else f"ssl files: {exc.__class__.__name__}"
+            raise ConfigError("bridge URL", self.shown, why) from None
+        return ctx
 
     def kafka_kwargs(self) -> dict:
         """Keyword arguments shared by aiokafka's consumer and producer."""

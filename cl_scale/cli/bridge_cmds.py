@@ -52,6 +52,7 @@ def bridge_cmd(
     if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
         raise UserError("--name: must be 1-100 of [A-Za-z0-9._-]")
     broker = BrokerSettings.parse(url)
+    broker.ssl_context()  # a missing CA/certificate file is a usage error, not a reconnect loop
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
     key = settings.signing_key()
     if require_signature and not settings.known_keys:

@@ -26,7 +26,7 @@ def tansu(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rabbit(tmp_path_factory):
     try:
-        node = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
+        node = RabbitNode(tmp_path_factory.mktemp("rabbit"), tls=True).start()
     except Unavailable as exc:
         pytest.skip(str(exc))
     yield node

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 
 import pytest
 import redis.asyncio as aioredis
 
 from cl_scale.bridge.core import signature_headers
 from cl_scale.ops.client import ChainlitClient
+from cl_scale.ops.processes import CL_SCALE
 from cl_scale.wire.keyspace import Keyspace
 from tests.bridge.conftest import WORKER_ENV
 from tests.worker.helpers import dlq, offline, shown, started, worker_texts
@@ -41,9 +44,31 @@ async def wait_texts(clients, n: int, timeout: float = 40.0, strict: bool = True
             raise AssertionError(f"session {c.session_id}: {count(c)}/{n} shown") from None
 
 
+async def one_session_per_instance(cluster, n: int) -> list[ChainlitClient]:
+    """Clients through nginx (ip_hash), from distinct loopback addresses, until each of the ``n``
+    instances owns one session (the owner read from Redis); the other clients are closed."""
+    r = aioredis.Redis.from_url(cluster.redis.url)
+    chosen: dict[str, ChainlitClient] = {}
+    try:
+        for k in range(1, 40):  # bounded: 39 addresses spread over 3 instances by ip_hash
+            c = await started(ChainlitClient(cluster.nginx.url, reconnection=False, source_address=f"127.0.{k}.1"))
+            owner = (await r.hget(KEYS.session(c.session_id), "owner") or b"").decode()
+            if owner and owner not in chosen:
+                chosen[owner] = c
+            else:
+                await c.close()
+            if len(chosen) == n:
+                return list(chosen.values())
+    finally:
+        await r.aclose()
+    for c in chosen.values():
+        await c.close()
+    raise AssertionError(f"ip_hash placed 39 clients on {len(chosen)} of {n} instances")
+
+
 async def test_300_messages_reach_their_sessions_in_order_once(cluster, broker, bridges):
-    insts = cluster.start(3, env=WORKER_ENV).instances
-    clients = [await started(ChainlitClient(i.url, reconnection=False)) for i in insts]
+    cluster.start(3, env=WORKER_ENV, nginx=True)
+    clients = await one_session_per_instance(cluster, 3)
     try:
         bridge = bridges(await broker.new_source(), cluster.redis.url).start()
         await broker.publish(batch_for(clients, 100))
@@ -57,6 +82,41 @@ async def test_300_messages_reach_their_sessions_in_order_once(cluster, broker, 
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_amqps_with_a_private_ca(cluster, rabbit, bridges, tmp_path):
+    """amqps:// is passed through: a bridge verifying the node's certificate with ``ssl_cafile``
+    forwards; one without that CA never gets ready (the certificate is not trusted) and says why
+    without the password; a missing CA file is a usage error (exit 2)."""
+    from cl_scale.ops.processes import http_status
+    from tests.bridge.brokers import AmqpFace
+
+    (a,) = cluster.start(1, env=WORKER_ENV).instances
+    client = await started(ChainlitClient(a.url, reconnection=False))
+    face = AmqpFace(rabbit)
+    plain = await face.new_source()
+    query = plain.split("?", 1)[1]
+    secure = f"amqps://guest@localhost:{rabbit.tls_port}/?{query}"
+    env = {"CL_SCALE_AMQP_PASSWORD": "guest"}
+    try:
+        untrusted = bridges(secure, cluster.redis.url, env=env).start(wait_ready=False)
+        bridge = bridges(f"{secure}&ssl_cafile={rabbit.ca_file}", cluster.redis.url, env=env).start()
+        await face.publish([message({"session_id": client.session_id, "text": "w-over-tls"}, client.session_id)])
+        await wait_texts([client], 1)
+        assert worker_texts(client) == ["w-over-tls"]
+        assert http_status(f"http://127.0.0.1:{untrusted.health}/readyz") == 503
+        log = untrusted.proc.log()
+        assert "cannot reach amqps://guest@localhost" in log and "SSL" in log and "guest:guest" not in log
+        bridge.stop()
+        missing = subprocess.run([CL_SCALE, "bridge", f"{secure}&ssl_cafile={tmp_path}/nope.pem",
+                                  "--redis-url", cluster.redis.url], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, **WORKER_ENV, **env})
+        assert missing.returncode == 2, missing.stderr
+        (line,) = missing.stderr.strip().splitlines()
+        assert line.startswith("error: bridge URL='amqps://guest@localhost")
+        assert line.endswith(f"ssl_cafile '{tmp_path}/nope.pem': not a readable file")
+    finally:
+        await client.close()
 
 
 async def test_bridge_sigkilled_and_restarted_mid_stream_still_once_in_order(cluster, broker, bridges):

@@ -76,6 +76,7 @@ def test_amqp_url_password_in_url_redacted():
     ("amqp://u:pw@h:5672/v", "queue=NAME is required"),
     ("amqp://u:pw@h:5672/v?queue=q&prefetch=0", "prefetch"),
     ("amqp://u:pw@h:5672/v?queue=q&exchange_type=weird", "exchange_type"),
+    ("amqp://u:pw@h:5672/v?queue=q&ssl_cafile=/ca.pem", "ssl_cafile needs amqps://"),
 ])
 def test_bad_urls_name_the_problem_without_the_password(url, why):
     with pytest.raises(ConfigError) as exc:
