@@ -9,7 +9,9 @@ Latency: one message at a time, paths interleaved, publish -> received by the cl
 N messages per path into a fresh session, published in batches of 100 on every path (SDK
 ``send_many``; 100 gateway requests in flight; 100 Kafka produces then one flush; 100 RabbitMQ
 publishes with confirms in flight), the same outbox bound on every path, delivery rate = messages / (first publish -> last arrival), every
-lost message counted. Writes ``paths.json`` and ``plots/paths.png``; the README block is generated
+lost message counted; only the path's own bridge runs during its sustained run (the other is
+paused with SIGSTOP). Floors: the brokers alone (publish -> a plain consumer in this process), in
+the same interleaved rounds, so a bridge's own cost reads as its latency minus its floor. Writes ``paths.json`` and ``plots/paths.png``; the README block is generated
 from the JSON (``readme_section``).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +32,12 @@ from cl_scale.bench.measure import summary
 from cl_scale.bench.worker import Arrivals, _until
 
 PATHS = ("sdk", "gateway", "kafka", "amqp")
+#: The brokers alone (publish -> a plain consumer, no cl-scale): what a bridge cannot be faster than.
+FLOORS = ("kafka_floor", "amqp_floor")
+FLOOR = "bench-floor"
+#: tansu answers a fetch only when its wait ends (a Kafka broker answers as data arrives): a short
+#: wait stands in for that here, for the bridge and the floor consumer alike (see the README note)
+FETCH_WAIT_MS = 5
 LABELS = {"sdk": "Redis SDK (`Publisher`)", "gateway": "HTTP gateway", "kafka": "Kafka bridge (tansu)",
           "amqp": "RabbitMQ bridge"}
 KEY = ("bench", "bench-secret-" + "x" * 20)
@@ -68,9 +77,54 @@ class Senders:
         self.amqp = await aio_pika.connect(self.amqp_url)
         self.channel = await self.amqp.channel(publisher_confirms=True)
         await self.channel.declare_queue(self.queue, durable=True)
+        await self._floor_consumers()
         return self
 
+    async def _floor_consumers(self) -> None:
+        """The brokers alone: a plain consumer in this process on a topic/queue of its own (Kafka with
+        the bridge's fetch wait), recording when each message id arrives, no cl-scale in between."""
+        from aiokafka import AIOKafkaConsumer
+
+        self.floor_at: dict[str, float] = {}
+        self.floor_consumer = AIOKafkaConsumer(FLOOR, bootstrap_servers=self.kafka_bootstrap, group_id="floor",
+                                               auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_WAIT_MS)
+        await self.floor_consumer.start()
+
+        async def kafka_floor() -> None:
+            async for record in self.floor_consumer:
+                self.floor_at.setdefault(record.value.decode(), time.perf_counter())
+
+        self.floor_task = asyncio.create_task(kafka_floor())
+        self.floor_channel = await self.amqp.channel()
+        queue = await self.floor_channel.declare_queue(FLOOR, durable=True)
+
+        async def amqp_floor(message) -> None:
+            self.floor_at.setdefault(message.body.decode(), time.perf_counter())
+            await message.ack()
+
+        await queue.consume(amqp_floor)
+
+    async def floor(self, path: str, mid: str) -> None:
+        """Publish ``mid`` the way ``send`` does on ``path`` (kafka/amqp), to the floor consumer."""
+        import aio_pika
+
+        if path == "kafka":
+            await (await self.producer.send(FLOOR, mid.encode(), key=mid.encode()))
+        else:
+            await self.channel.default_exchange.publish(aio_pika.Message(mid.encode()), routing_key=FLOOR)
+
+    async def stop_floors(self) -> None:
+        """Stop the floor consumers (after the latency rounds): polling tansu costs CPU the sustained
+        runs should have."""
+        if self.floor_consumer is not None:
+            self.floor_task.cancel()
+            await asyncio.gather(self.floor_task, return_exceptions=True)
+            await self.floor_consumer.stop()
+            await self.floor_channel.close()
+            self.floor_consumer = None
+
     async def __aexit__(self, *exc) -> None:
+        await self.stop_floors()
         await self.pub.aclose()
         await self.http.close()
         await self.producer.stop()
@@ -95,11 +149,14 @@ class Senders:
             futures = [await self.producer.send(self.topic, _payload(s, m, t), key=s.encode()) for s, m, t in items]
             await asyncio.gather(*futures)
         else:
-            import aio_pika
+            # on the aiormq channel under aio-pika's (as the bridge consumes): aio-pika's per-message
+            # wrapping made this publisher, not the bridge, the bound of the RabbitMQ row
+            from pamqp.commands import Basic
 
-            await asyncio.gather(*(self.channel.default_exchange.publish(
-                aio_pika.Message(_payload(s, m, t), content_type="application/json"), routing_key=self.queue)
-                for s, m, t in items))
+            raw = await self.channel.get_underlay_channel()
+            props = Basic.Properties(content_type="application/json")
+            await asyncio.gather(*(raw.basic_publish(_payload(s, m, t), routing_key=self.queue, properties=props)
+                                   for s, m, t in items))
 
 
 def _bridge_counts(health_port: int) -> dict:
@@ -129,20 +186,29 @@ async def _client(url: str):
 
 async def _latency(senders: Senders, url: str, rounds: int) -> dict:
     client, arrivals = await _client(url)
-    samples: dict[str, list[float]] = {p: [] for p in PATHS}
+    samples: dict[str, list[float]] = {p: [] for p in PATHS + FLOORS}
     try:
         for path in PATHS:  # warm-up: connections, the bridges' first batch
             mid = str(uuid.uuid4())
             await senders.send(path, [(client.session_id, mid, "warm-up")])
             await _until(lambda mid=mid: mid in arrivals.at, 30)
+        for path in FLOORS:
+            await senders.floor(path.split("_")[0], "warm-up")
+        await asyncio.sleep(1.0)
         for i in range(rounds):
-            order = PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]
+            everything = PATHS + FLOORS
+            order = everything[i % len(everything):] + everything[:i % len(everything)]
             for path in order:
                 mid = str(uuid.uuid4())
                 t0 = time.perf_counter()
-                await senders.send(path, [(client.session_id, mid, f"lat {i}")])
-                if await _until(lambda mid=mid: mid in arrivals.at, 10):
-                    samples[path].append((arrivals.at[mid] - t0) * 1000)
+                if path in FLOORS:
+                    await senders.floor(path.split("_")[0], mid)
+                    arrived = senders.floor_at
+                else:
+                    await senders.send(path, [(client.session_id, mid, f"lat {i}")])
+                    arrived = arrivals.at
+                if await _until(lambda mid=mid, arrived=arrived: mid in arrived, 10):
+                    samples[path].append((arrived[mid] - t0) * 1000)
     finally:
         await client.close()
     return {p: {**summary(v), "lost": rounds - len(v)} for p, v in samples.items()}
@@ -154,6 +220,10 @@ async def _sustained(senders: Senders, url: str, path: str, total: int) -> dict:
     ids = [str(uuid.uuid4()) for _ in range(total)]
     sent_at: dict[str, float] = {}
     try:
+        # one message through first, untimed: a bridge resumed from SIGSTOP may be rejoining its group
+        probe = str(uuid.uuid4())
+        await senders.send(path, [(sid, probe, "probe")])
+        await _until(lambda: probe in arrivals.at, 60)
         t0 = time.perf_counter()
         for k in range(0, total, BATCH):
             chunk = ids[k:k + BATCH]
@@ -203,9 +273,8 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
             rabbit = RabbitNode().start()
             topic, queue = "bench-replies", "bench-replies"
             asyncio.run(kafka.create_topic(topic, 3))
-            # tansu answers a fetch only when its wait ends (a Kafka broker answers as data arrives):
-            # a short fetch wait stands in for that here (see the README note)
-            for url in (f"kafka://{kafka.bootstrap}/{topic}?group=bench&fetch_max_wait_ms=" + os.environ.get("BENCH_FETCH_WAIT", "5"),
+            asyncio.run(kafka.create_topic(FLOOR, 3))
+            for url in (f"kafka://{kafka.bootstrap}/{topic}?group=bench&fetch_max_wait_ms={FETCH_WAIT_MS}",
                         f"amqp://guest@127.0.0.1:{rabbit.port}/?queue={queue}"):
                 health = free_port()
                 proc = Proc([CL_SCALE, "bridge", url, "--redis-url", redis.url, "--health-port", str(health),
@@ -224,10 +293,20 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
                 async with Senders(redis.url, url, kafka.bootstrap, topic, rabbit.url, queue) as senders:
                     log(f"latency: {p['rounds']} rounds, one message at a time per path")
                     latency = await _latency(senders, url, p["rounds"])
+                    await senders.stop_floors()
                     sustained = {}
                     for path in PATHS:
                         log(f"sustained: {p['messages']} messages through {path}")
-                        sustained[path] = await _sustained(senders, url, path, p["messages"])
+                        # only this path's bridge runs: an idle bridge still polls its broker (tansu's
+                        # short fetch wait: ~8 % of a core), CPU the path under test should have
+                        idle = [proc for proc, kind in zip(procs, ("kafka", "amqp")) if kind != path]
+                        for proc in idle:
+                            os.kill(proc.pid, signal.SIGSTOP)
+                        try:
+                            sustained[path] = await _sustained(senders, url, path, p["messages"])
+                        finally:
+                            for proc in idle:
+                                os.kill(proc.pid, signal.SIGCONT)
                         if path in ("kafka", "amqp"):
                             sustained[path]["bridge"] = _bridge_counts(health_ports[0 if path == "kafka" else 1])
                         log(f"  {path}: {json.dumps(sustained[path])}")
@@ -276,6 +355,12 @@ def readme_section(results: dict) -> str:
                   f"{' (quick run)' if p.get('quick') else ''}. Regenerate: `cl-scale bench --paths`._", "",
               "- p50 latency against the SDK path: " + ", ".join(
                   f"{path} {_ratio(lat[path]['p50_ms'], sdk)}" for path in PATHS[1:]) + "."]
+    if all(f in lat for f in FLOORS):
+        kf, af = lat["kafka_floor"]["p50_ms"], lat["amqp_floor"]["p50_ms"]
+        lines.append(f"- The brokers alone (publish -> a plain consumer, no cl-scale; same rounds, interleaved): "
+                     f"Kafka (tansu) p50 {kf:.2f} ms, RabbitMQ {af:.2f} ms. Added by the bridge on top of its "
+                     f"broker: Kafka {lat['kafka']['p50_ms'] - kf:.2f} ms, RabbitMQ {lat['amqp']['p50_ms'] - af:.2f}"
+                     f" ms; the whole SDK path: {sdk:.2f} ms.")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ class AmqpSource:
         self.s, self.client_id = settings, client_id
         self.connection = self.channel = self.queue = None
         self._inbox: asyncio.Queue | None = None
-        self._tag = None
+        self._raw = None  # the aiormq channel under aio-pika's: consumes and acks
 
     async def connect(self) -> None:
         import aio_pika
@@ -46,7 +46,11 @@ class AmqpSource:
             if self.s.dead_letters:
                 await self.channel.declare_queue(self.s.dead_letters, durable=True)
             self._inbox = asyncio.Queue()
-            self._tag = await self.queue.consume(self._inbox.put)
+            # consume on the aiormq channel under aio-pika's: aio-pika wraps every delivery in an
+            # IncomingMessage and one more task (AMQP is decoded message by message in Python, the
+            # bridge's main CPU cost); here a delivery is only queued, its fields read in ``batch``
+            self._raw = await self.channel.get_underlay_channel()
+            await self._raw.basic_consume(self.queue.name, self._deliver)
         except BaseException:
             await self.close()
             raise
@@ -74,15 +78,21 @@ class AmqpSource:
                 break
         return [self._incoming(msg) for msg in got]
 
+    async def _deliver(self, msg) -> None:
+        self._inbox.put_nowait(msg)
+
     @staticmethod
     def _incoming(msg) -> Incoming:
-        headers = {str(k).lower(): v for k, v in (msg.headers or {}).items()}
-        return Incoming(payload=msg.body or b"", headers=headers, content_type=msg.content_type,
-                        broker_id=f"amqp.{msg.message_id}" if msg.message_id else None, ref=msg)
+        """An ``Incoming`` from aiormq's ``DeliveredMessage`` (``ref``: its delivery tag)."""
+        props = msg.header.properties
+        headers = {str(k).lower(): v for k, v in (props.headers or {}).items()}
+        return Incoming(payload=msg.body or b"", headers=headers, content_type=props.content_type,
+                        broker_id=f"amqp.{props.message_id}" if props.message_id else None,
+                        ref=msg.delivery.delivery_tag)
 
     async def ack(self, batch: list[Incoming]) -> None:
         if batch:  # in order on one channel: acknowledging the last acknowledges the batch
-            await batch[-1].ref.ack(multiple=True)
+            await self._raw.basic_ack(batch[-1].ref, multiple=True)
 
     async def copy_refused(self, refused: list[Refused]) -> None:
         if not self.s.dead_letters or not refused:
@@ -110,4 +120,4 @@ class AmqpSource:
                 await self.connection.close()
             except Exception as exc:
                 log.debug("amqp: close failed: %s", exc.__class__.__name__)
-        self.connection = self.channel = self.queue = None
+        self.connection = self.channel = self.queue = self._raw = None
