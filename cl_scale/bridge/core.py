@@ -127,7 +127,7 @@ class Bridge:
                 code = "oversized" if isinstance(exc, MessageTooLarge) else "malformed"
                 out.refused.append(Refused(item, code, f"{code}: {exc}", session=env.session_id or "", kid=key.kid))
         if out.refused:  # before appending: a refusal is recorded even if the append waits or fails
-            await self._dead_letter(out.refused)
+            await self.dead_letter(out.refused)
         await self._append_in_order(work, out, wait or _sleep, room)
         metrics.FORWARDED.inc(out.forwarded)
         metrics.DUPLICATES.inc(out.duplicates)
@@ -244,7 +244,8 @@ class Bridge:
             raise _Refuse("no_live_session", f"no live session for {what}")
         return live
 
-    async def _dead_letter(self, refused: list[Refused]) -> None:
+    async def dead_letter(self, refused: list[Refused]) -> None:
+        """Write ``refused`` to cl-scale's dead-letter stream (one round trip)."""
         pipe = self.pub.redis.pipeline(transaction=False)
         for r in refused:
             body = r.incoming.payload[: self.max_bytes + m.FRAMING_BYTES]

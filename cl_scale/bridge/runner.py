@@ -22,7 +22,7 @@ import time
 import redis.exceptions
 
 from cl_scale.bridge import metrics
-from cl_scale.bridge.core import Backpressure, Bridge, Incoming
+from cl_scale.bridge.core import Backpressure, Bridge, Incoming, Outcome, Refused
 from cl_scale.bridge.settings import BrokerSettings
 
 log = logging.getLogger("cl_scale.bridge")
@@ -120,6 +120,22 @@ class Runner:
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            except Exception as exc:  # a bug some message triggers: find it, never redeliver forever
+                if len(batch) > 1:
+                    for item in batch:  # one by one, in order (duplicates of what went through drop by id)
+                        if not await self._forward([item]):
+                            return False
+                    return True
+                log.error("%s: forwarding one message failed (%s): dead-lettered as bridge_error", self.name,
+                          exc.__class__.__name__, exc_info=True)
+                outcome = Outcome(refused=[Refused(batch[0], "bridge_error",
+                                                   f"bridge error: {exc.__class__.__name__}")])
+                try:
+                    await self.bridge.dead_letter(outcome.refused)
+                except _REDIS_ERRORS:
+                    await self._sleep(delay)
+                    continue
+                metrics.REFUSED.labels("bridge_error").inc()
             self.redis_ok = True
             if outcome.forwarded:
                 self.last_seen = time.time()

@@ -35,6 +35,7 @@ CODES = {
     "unknown_session": "no such session (never created, or expired)",
     "content_type": "a broker message declared a content type other than JSON",
     "no_live_session": "a user/thread target had no live session",
+    "bridge_error": "forwarding this broker message failed inside the bridge (a bug: see its log)",
 }
 
 
