@@ -29,7 +29,7 @@ from cl_scale.wire import dead_letters
 from cl_scale.wire import messages as m
 from cl_scale.wire.records import CONNECTED, IDENTITY_FIELDS, identity_from
 from cl_scale.worker.publisher import MessageTooLarge, Publisher
-from cl_scale.worker.requests import Envelope
+from cl_scale.worker.requests import Envelope, why_invalid
 
 log = logging.getLogger("cl_scale.bridge")
 
@@ -211,7 +211,7 @@ class Bridge:
         try:
             return Envelope.model_validate(data), key
         except ValidationError as exc:
-            raise _Refuse("malformed", f"malformed: {_why(exc)}", key.kid) from None
+            raise _Refuse("malformed", f"malformed: {why_invalid(exc)}", key.kid) from None
 
     def _key(self, item: Incoming) -> m.WorkerKey:
         """The key the message is forwarded under: the one it was signed with (verified), else ours."""
@@ -271,10 +271,3 @@ class _Refuse(Exception):
     def __init__(self, code: str, reason: str, kid: str = ""):
         super().__init__(reason)
         self.code, self.reason, self.kid = code, reason, kid
-
-
-def _why(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    if err["type"] == "value_error":  # our own model checks: the message says it all
-        return str(err.get("ctx", {}).get("error", err["msg"]))
-    return m.first_error(exc)

@@ -77,7 +77,10 @@ class Gateway:
 
     # -- request plumbing ----------------------------------------------------------------------------
     def auth(self, request: Request) -> p.WorkerKey:
-        header = request.headers.get("authorization", "")
+        return self.token_for(request.headers.get("authorization", ""))
+
+    def token_for(self, header: str) -> p.WorkerKey:
+        """The token an ``authorization: Bearer <token>`` header (or gRPC metadata) names."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "missing bearer token")

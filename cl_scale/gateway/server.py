@@ -1,4 +1,5 @@
-"""``cl-scale gateway``: the worker HTTP gateway alone (no Chainlit), served by uvicorn."""
+"""``cl-scale gateway``: the worker gateway alone (no Chainlit): HTTP (uvicorn) and, with a gRPC
+port, ``clscale.v1.Gateway`` in the same process and event loop, sharing tokens, key and publisher."""
 
 from __future__ import annotations
 
@@ -7,12 +8,28 @@ import asyncio
 from cl_scale.listen import bind
 
 
-def serve(app, *, host: str, port: int, announce=lambda url: None) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM. The socket is bound first: a taken port is a UserError."""
+def serve(app, *, host: str, port: int, announce=lambda url: None, grpc_port: int | None = None,
+          tls=None) -> None:
+    """Serve ``app`` (and gRPC on ``grpc_port``, TLS with ``tls``: ``grpc_gateway.TlsFiles``) until
+    SIGINT/SIGTERM. The sockets are bound first: a taken port is a UserError."""
     import uvicorn
 
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
-    announce(f"http://{shown}:{port}")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=75))
-    asyncio.run(server.serve(sockets=[sock]))
+
+    async def main() -> None:
+        grpc_server = None
+        if grpc_port is not None:
+            from cl_scale.gateway.grpc_gateway import start_server
+
+            grpc_server = await start_server(app.state.gateway, host, grpc_port, tls)
+            announce(f"grpc{'s' if tls else ''}://{shown}:{grpc_port} (clscale.v1.Gateway)")
+        announce(f"http://{shown}:{port}/cl-scale/v1")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+
+    asyncio.run(main())

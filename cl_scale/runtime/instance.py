@@ -13,6 +13,8 @@ import logging
 import os
 import time
 
+import redis.exceptions
+
 from cl_scale.runtime import metrics
 from cl_scale.runtime.chainlit.codec import ChainlitState
 from cl_scale.runtime.chainlit.hooks import ChainlitHooks
@@ -24,7 +26,7 @@ from cl_scale.runtime.session_store import SessionStore
 from cl_scale.runtime.session_sync import SessionSync
 from cl_scale.runtime.settings import RuntimeSettings
 from cl_scale.wire.connect import connect
-from cl_scale.wire.keyspace import Keyspace, room_name
+from cl_scale.wire.keyspace import REQUESTS_MAXLEN, Keyspace, room_name
 from cl_scale.wire.redis_url import redacted
 
 log = logging.getLogger("cl_scale.instance")
@@ -56,12 +58,29 @@ class Instance:
                                      outbox_ttl=settings.worker_outbox_ttl)
         self.hooks = ChainlitHooks(sio, state=self.state, store=self.store, sync=self.sync, join_rooms=self.join_rooms,
                                    on_ready=self.delivery.on_session_ready, closing=lambda: self.closing,
-                                   restore_callbacks=restore_callbacks)
+                                   restore_callbacks=restore_callbacks,
+                                   on_request=self.publish_request if settings.publish_requests else None)
         self.hooks.release_callbacks += [self.renderer.release, self.delivery.release]
         self.draining = False  # readiness off; still serving its clients
         self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
+
+    async def publish_request(self, session, payload) -> None:
+        """Append a user's message to the requests stream (``CL_SCALE_PUBLISH_REQUESTS``). The
+        identity written is the session's own (workers' scopes are checked against it); a Redis
+        error is logged, never in the user's way."""
+        msg = (payload or {}).get("message") or {}
+        user = getattr(session, "user", None)
+        fields = {"session": session.id, "thread": getattr(session, "thread_id", None) or "",
+                  "user": (getattr(user, "identifier", None) or "") if user else "",
+                  "message_id": str(msg.get("id") or ""), "text": str(msg.get("output") or ""),
+                  "author": str(msg.get("name") or "User"), "at": f"{time.time():.3f}"}
+        try:
+            await self.redis.xadd(self.keys.requests, fields, maxlen=REQUESTS_MAXLEN, approximate=True)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("session %s: user message not added to the requests stream (%s)", session.id,
+                        exc.__class__.__name__)
 
     # -- wiring -------------------------------------------------------------------------------
     def install(self) -> None:

@@ -90,6 +90,9 @@ class RuntimeSettings:
     worker_max_age: float | None = None
     worker_max_attempts: int = 5
     worker_max_bytes: int = 64 * 1024
+    #: Append every user message to the requests stream (``Keyspace.requests``), where the gRPC
+    #: gateway's ``Subscribe`` hands them to workers that have no Redis access. Off: no extra write.
+    publish_requests: bool = False
     #: uvicorn/Chainlit settings Chainlit itself reads from the environment (``chainlit run``).
     ws_protocol: str = "auto"
     ws_per_message_deflate: bool = True
@@ -115,6 +118,7 @@ class RuntimeSettings:
             advertise_host=_env("CL_SCALE_ADVERTISE_HOST"),
             admin_port=_number("CL_SCALE_ADMIN_PORT", _env("CL_SCALE_ADMIN_PORT"), int, 1, 65535),
             websocket_only=_flag("CL_SCALE_WEBSOCKET_ONLY", _env("CL_SCALE_WEBSOCKET_ONLY", "false")),
+            publish_requests=_flag("CL_SCALE_PUBLISH_REQUESTS", _env("CL_SCALE_PUBLISH_REQUESTS", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),
             max_upload_bytes=(_number("CL_SCALE_MAX_UPLOAD_MB", _env("CL_SCALE_MAX_UPLOAD_MB"), int, 1, 100_000)
                               or 0) * 1024 * 1024 or None,

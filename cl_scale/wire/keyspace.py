@@ -24,6 +24,9 @@ SAFE_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 GROUP = "deliver"
 CONSUMER = "owner"
 
+#: How many users' messages the requests stream keeps (approximately; oldest trimmed first).
+REQUESTS_MAXLEN = 10_000
+
 #: Room names Socket.IO sessions join (stable across reconnects; the socket id is not).
 ROOM_KINDS = ("session", "user", "thread")
 
@@ -136,15 +139,23 @@ class Keyspace:
         return f"{self.prefix}:wk:bridges"
 
     @property
+    def requests(self) -> str:
+        """Stream: users' messages (``session``, ``thread``, ``user``, ``message_id``, ``text``,
+        ``author``, ``at``), written by the instances when ``CL_SCALE_PUBLISH_REQUESTS`` is on, capped
+        at ``REQUESTS_MAXLEN``; read by the gRPC gateway's ``Subscribe`` (workers without Redis)."""
+        return f"{self.prefix}:wk:requests"
+
+    @property
     def janitor_lock(self) -> str:
         """String: which instance sweeps expired outboxes this round (short TTL)."""
         return f"{self.prefix}:wk:janitor"
 
     #: Keys that never expire: the outbox index (entries removed by the janitor), the dead-letter
-    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``) and the bridge
-    #: heartbeats (one field per bridge name, removed when a bridge stops cleanly).
+    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``), the bridge
+    #: heartbeats (one field per bridge name, removed when a bridge stops cleanly) and the requests
+    #: stream (capped at ``REQUESTS_MAXLEN``).
     def permanent(self) -> set[str]:
-        return {self.outbox_index, self.dead_letters, self.bridges}
+        return {self.outbox_index, self.dead_letters, self.bridges, self.requests}
 
     # -- Redis ACL ---------------------------------------------------------------------------------
     def acl_rules(self, role: str) -> list[str]:
@@ -161,10 +172,10 @@ class Keyspace:
         if role == "worker":
             return ["resetkeys", "resetchannels", "-@all", *_CONNECTION, *_SCRIPTS,
                     "+xadd", "+xlen", "+xgroup|create", "+expire", "+zadd", "+hget", "+hmget", "+exists",
-                    "+smembers", "+publish", "+hset", "+hdel",
+                    "+smembers", "+publish", "+hset", "+hdel", "+xread",
                     f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes", f"~{p}:wk:bridges",
                     "+zcount", f"%R~{p}:session:*", f"%R~{p}:wk:seen:*", f"%R~{p}:wk:user:*",
-                    f"%R~{p}:wk:thread:*", f"%R~{p}:instances", f"%R~{p}:wk:kid:*",
+                    f"%R~{p}:wk:thread:*", f"%R~{p}:instances", f"%R~{p}:wk:kid:*", f"%R~{p}:wk:requests",
                     f"&{p}:wk:wake:*"]
         if role == "instance":
             return ["resetkeys", "resetchannels", "+@all", "-@admin", "-@dangerous", f"~{p}:*", f"&{p}:*"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cl_scale.wire import messages as m
 
@@ -107,3 +107,12 @@ class Envelope(BaseModel):
     @property
     def target(self) -> m.Target:
         return m.Target(session=self.session_id, user=self.user, thread=self.thread)
+
+
+def why_invalid(exc: ValidationError) -> str:
+    """A request's validation error as one line: our own model checks say it all; otherwise
+    ``field: why``."""
+    err = exc.errors()[0]
+    if err["type"] == "value_error":
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    return m.first_error(exc)

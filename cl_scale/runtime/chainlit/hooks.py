@@ -60,10 +60,14 @@ class ChainlitHooks:
     :param on_ready: ``async (session)``: after a session is connected (worker outbox delivery).
     :param closing: ``() -> bool``: the instance is shutting down (new messages are not started).
     :param restore_callbacks: ``@cl_scale.on_session_restore`` functions.
+    :param on_request: ``async (session, payload)``: a user message arrived, before the app sees it
+        (the requests stream for gRPC subscribers); None: nothing.
     """
 
-    def __init__(self, sio, *, state, store, sync, join_rooms, on_ready, closing, restore_callbacks):
+    def __init__(self, sio, *, state, store, sync, join_rooms, on_ready, closing, restore_callbacks,
+                 on_request=None):
         self.sio, self.state, self.store, self.sync = sio, state, store, sync
+        self.on_request = on_request
         self.join_rooms, self.on_ready, self.closing = join_rooms, on_ready, closing
         self.restore_callbacks = restore_callbacks
         #: Called with a session id when the session leaves this process (delivery frees its streams).
@@ -268,6 +272,8 @@ class ChainlitHooks:
             metrics.REFUSED_WHILE_CLOSING.inc()
             log.info("session %s: message not started, instance closing (client re-sends)", session.id)
             return
+        if self.on_request is not None:
+            await self.on_request(session, payload)
         with self.sync.handler(session.id):
             await self._process_message(session, payload)
 
