@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cl_scale.ops.certs import NoOpenSSL, make_certificates
 from cl_scale.ops.processes import Proc, free_port, wait_port
 
 
@@ -123,7 +124,10 @@ class RabbitNode:
         (base / "enabled_plugins").write_text("[].\n")
         conf = f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
         if self.tls_port:
-            tls = _certificates(base / "tls")
+            try:
+                tls = make_certificates(base / "tls", clients=())
+            except NoOpenSSL as exc:
+                raise Unavailable(str(exc)) from None
             conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
                      f"ssl_options.cacertfile = {tls / 'ca.pem'}\nssl_options.certfile = {tls / 'server.pem'}\n"
                      f"ssl_options.keyfile = {tls / 'server.key'}\nssl_options.verify = verify_none\n")
@@ -175,24 +179,6 @@ class RabbitNode:
                     os.kill(int(pid), signal.SIGTERM)
                 except (ProcessLookupError, ValueError):
                     pass
-
-
-def _certificates(target: Path) -> Path:
-    """A private CA and a server certificate for 127.0.0.1/localhost signed by it, under ``target``."""
-    if shutil.which("openssl") is None:
-        raise Unavailable("openssl not found: apt-get install openssl")
-    target.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=target, capture_output=True, check=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=cl-scale test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (target / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
-    return target
 
 
 def _traversable(path: Path) -> bool:

@@ -251,7 +251,7 @@ class GrpcGateway:
     @_unary
     async def Update(self, request, context):
         token = self._token(context)
-        env = self._envelope("update", session_id=request.session_id, id=request.id, text=request.text,
+        env = self._envelope("update", session_id=request.session_id, id=request.id, text=_text(request.text),
                              author=_text(request.author))
         return self._one((await self._publish([env], token))[0])
 

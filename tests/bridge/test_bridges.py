@@ -104,7 +104,12 @@ async def test_amqps_with_a_private_ca(cluster, rabbit, bridges, tmp_path):
         await face.publish([message({"session_id": client.session_id, "text": "w-over-tls"}, client.session_id)])
         await wait_texts([client], 1)
         assert worker_texts(client) == ["w-over-tls"]
-        assert http_status(f"http://127.0.0.1:{untrusted.health}/readyz") == 503
+        ready = f"http://127.0.0.1:{untrusted.health}/readyz"
+        for _ in range(100):  # bounded: until its health port answers (it may still be starting)
+            if http_status(ready):
+                break
+            await asyncio.sleep(0.2)
+        assert http_status(ready) == 503
         log = untrusted.proc.log()
         assert "cannot reach amqps://guest@localhost" in log and "SSL" in log and "guest:guest" not in log
         bridge.stop()
