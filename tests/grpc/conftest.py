@@ -77,3 +77,26 @@ def final_texts(client) -> dict[str, str]:
         elif event == "delete_message":
             shown.pop(mid, None)
     return shown
+
+
+NODE_DIR = __import__("pathlib").Path(__file__).with_name("node")
+
+
+@pytest.fixture(scope="session")
+def node_worker(tmp_path_factory):
+    """``node worker.js`` with ``@grpc/grpc-js`` and ``@grpc/proto-loader`` installed (npm, once per
+    test session, into a temp copy); skipped with the reason where node or npm is missing."""
+    import shutil
+    import subprocess
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("node/npm not found: apt-get install nodejs npm")
+    work = tmp_path_factory.mktemp("node-worker")
+    for name in ("package.json", "worker.js"):
+        shutil.copy(NODE_DIR / name, work / name)
+    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"npm install failed: {done.stderr.strip()[-300:]}")
+    return [node, str(work / "worker.js")]
