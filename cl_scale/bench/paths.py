@@ -1,14 +1,16 @@
 """``cl-scale bench --paths``: the four ways a worker reaches a chat, side by side, in one run.
 
-(1) ``sdk``: ``Publisher`` straight into the outbox; (2) ``gateway``: HTTP POST to the instance's
-``/cl-scale/v1``; (3) ``kafka``: produce to a topic (tansu) that ``cl-scale bridge`` consumes;
-(4) ``amqp``: publish to a RabbitMQ queue that ``cl-scale bridge`` consumes. One cl-scale instance,
-one Redis, the same Socket.IO client measuring arrival on every path.
+(1) ``sdk``: ``Publisher`` straight into the outbox; (2) ``gateway``: HTTP POST to ``/cl-scale/v1`` of
+a standalone ``cl-scale gateway``; (3) ``grpc``: ``Send`` / ``SendBatch`` to the same process's gRPC
+port; (4) ``grpc_stream``: the tokens of one long ``StreamReply`` per session; (5) ``kafka``: produce
+to a topic (tansu) that ``cl-scale bridge`` consumes; (6) ``amqp``: publish to a RabbitMQ queue that
+``cl-scale bridge`` consumes. One cl-scale instance, one Redis, the same Socket.IO client measuring
+arrival on every path.
 
 Latency: one message at a time, paths interleaved, publish -> received by the client. Sustained:
 N messages per path into a fresh session, published in batches of 100 on every path (SDK
-``send_many``; 100 gateway requests in flight; 100 Kafka produces then one flush; 100 RabbitMQ
-publishes with confirms in flight), the same outbox bound on every path, delivery rate = messages / (first publish -> last arrival), every
+``send_many``; 100 gateway requests in flight; one ``SendBatch`` of 100; a ``StreamReply`` chunk of
+100 tokens; 100 Kafka produces then one flush; 100 RabbitMQ publishes with confirms in flight), the same outbox bound on every path, delivery rate = messages / (first publish -> last arrival), every
 lost message counted; only the path's own bridge runs during its sustained run (the other is
 paused with SIGSTOP). Floors: the brokers alone (publish -> a plain consumer in this process), in
 the same interleaved rounds, so a bridge's own cost reads as its latency minus its floor. Writes ``paths.json`` and ``plots/paths.png``; the README block is generated
@@ -31,15 +33,15 @@ from pathlib import Path
 from cl_scale.bench.measure import summary
 from cl_scale.bench.worker import Arrivals, _until
 
-PATHS = ("sdk", "gateway", "kafka", "amqp")
+PATHS = ("sdk", "gateway", "grpc", "grpc_stream", "kafka", "amqp")
 #: The brokers alone (publish -> a plain consumer, no cl-scale): what a bridge cannot be faster than.
 FLOORS = ("kafka_floor", "amqp_floor")
 FLOOR = "bench-floor"
 #: tansu answers a fetch only when its wait ends (a Kafka broker answers as data arrives): a short
 #: wait stands in for that here, for the bridge and the floor consumer alike (see the README note)
 FETCH_WAIT_MS = 5
-LABELS = {"sdk": "Redis SDK (`Publisher`)", "gateway": "HTTP gateway", "kafka": "Kafka bridge (tansu)",
-          "amqp": "RabbitMQ bridge"}
+LABELS = {"sdk": "Redis SDK (`Publisher`)", "gateway": "HTTP gateway", "grpc": "gRPC gateway (`Send`/`SendBatch`)",
+          "grpc_stream": "gRPC `StreamReply` (tokens)", "kafka": "Kafka bridge (tansu)", "amqp": "RabbitMQ bridge"}
 KEY = ("bench", "bench-secret-" + "x" * 20)
 TOKEN = "bench-token-" + "y" * 20
 BATCH = 100
@@ -55,8 +57,9 @@ def params(quick: bool) -> dict:
 class Senders:
     """One ``send(items)`` per path; ``items`` = [(session id, message id, text)], published as one batch."""
 
-    def __init__(self, redis_url: str, gateway_url: str, kafka_bootstrap: str, topic: str, amqp_url: str, queue: str):
-        self.redis_url, self.gateway_url = redis_url, gateway_url
+    def __init__(self, redis_url: str, gateway_url: str, kafka_bootstrap: str, topic: str, amqp_url: str, queue: str,
+                 grpc_target: str):
+        self.redis_url, self.gateway_url, self.grpc_target = redis_url, gateway_url, grpc_target
         self.kafka_bootstrap, self.topic, self.amqp_url, self.queue = kafka_bootstrap, topic, amqp_url, queue
 
     async def __aenter__(self) -> "Senders":
@@ -74,6 +77,15 @@ class Senders:
                                           connector=aiohttp.TCPConnector(limit=BATCH))
         self.producer = AIOKafkaProducer(bootstrap_servers=self.kafka_bootstrap, acks="all", linger_ms=0)
         await self.producer.start()
+        import grpc
+
+        from cl_scale.gateway.grpc_gateway import stubs
+
+        self.pb, services = stubs()
+        self.channel_grpc = grpc.aio.insecure_channel(self.grpc_target)
+        self.grpc = services.GatewayStub(self.channel_grpc)
+        self.metadata = [("authorization", f"Bearer {TOKEN}")]
+        self.streams: dict[str, tuple[asyncio.Queue, object]] = {}  # session id -> (chunks, StreamReply call)
         self.amqp = await aio_pika.connect(self.amqp_url)
         self.channel = await self.amqp.channel(publisher_confirms=True)
         await self.channel.declare_queue(self.queue, durable=True)
@@ -124,6 +136,11 @@ class Senders:
             self.floor_consumer = None
 
     async def __aexit__(self, *exc) -> None:
+        for chunks, call in self.streams.values():
+            chunks.put_nowait(self.pb.StreamChunk(end=True))
+            chunks.put_nowait(None)
+            await call
+        await self.channel_grpc.close()
         await self.stop_floors()
         await self.pub.aclose()
         await self.http.close()
@@ -145,6 +162,19 @@ class Senders:
             bad = [code for code in await asyncio.gather(*(post(*item) for item in items)) if code != 202]
             if bad:
                 raise RuntimeError(f"gateway answered {bad[:3]}")
+        elif path == "grpc":
+            pb = self.pb
+            if len(items) == 1:
+                sid, mid, text = items[0]
+                await self.grpc.Send(pb.SendRequest(session_id=sid, id=mid, text=text), metadata=self.metadata)
+            else:
+                await self.grpc.SendBatch(pb.SendBatchRequest(messages=[pb.SendRequest(session_id=s, id=m, text=t)
+                                                                        for s, m, t in items]), metadata=self.metadata)
+        elif path == "grpc_stream":  # tokens of one long reply per session; a token's text is its id
+            sid = items[0][0]
+            if sid not in self.streams:
+                self.streams[sid] = self._open_stream(sid)
+            self.streams[sid][0].put_nowait(self.pb.StreamChunk(tokens=[m for _, m, _ in items]))
         elif path == "kafka":
             futures = [await self.producer.send(self.topic, _payload(s, m, t), key=s.encode()) for s, m, t in items]
             await asyncio.gather(*futures)
@@ -157,6 +187,17 @@ class Senders:
             props = Basic.Properties(content_type="application/json")
             await asyncio.gather(*(raw.basic_publish(_payload(s, m, t), routing_key=self.queue, properties=props)
                                    for s, m, t in items))
+
+
+    def _open_stream(self, sid: str) -> tuple[asyncio.Queue, object]:
+        chunks: asyncio.Queue = asyncio.Queue()
+        chunks.put_nowait(self.pb.StreamChunk(session_id=sid, id=f"bench-stream-{uuid.uuid4().hex[:8]}"))
+
+        async def feed():
+            while (chunk := await chunks.get()) is not None:
+                yield chunk
+
+        return chunks, self.grpc.StreamReply(feed(), metadata=self.metadata)
 
 
 def _bridge_counts(health_port: int) -> dict:
@@ -179,6 +220,12 @@ async def _client(url: str):
 
     client = ChainlitClient(url)
     arrivals = Arrivals(client)
+
+    def on_token(event, data) -> None:  # StreamReply's tokens: each token's text is its id
+        if event == "stream_token" and isinstance(data, dict):
+            arrivals.at.setdefault(data.get("token"), time.perf_counter())
+
+    client.listeners.append(on_token)
     await client.connect(timeout=30)
     await client.wait_for(lambda: client.messages(), 30)
     return client, arrivals
@@ -248,7 +295,8 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
 
     from cl_scale.bench.brokers import RabbitNode, Tansu
     from cl_scale.ops.cluster import ProcessCluster
-    from cl_scale.ops.processes import CL_SCALE, Proc, RedisServer, free_port, http_status, init_chainlit_files
+    from cl_scale.ops.processes import (CL_SCALE, Proc, RedisServer, free_port, http_status, init_chainlit_files,
+                                        wait_port)
 
     p = params(quick)
     started = time.time()
@@ -260,7 +308,7 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="cl-scale-bench-paths-") as tmpdir:
         tmp = Path(tmpdir)
         redis = RedisServer(tmp).start()
-        kafka = rabbit = cluster = None
+        kafka = rabbit = cluster = gateway = None
         try:
             app_dir = tmp / "app"
             app_dir.mkdir()
@@ -288,9 +336,16 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
                         raise RuntimeError(f"bridge for {url} not ready: {proc.log()[-2000:]}")
                     time.sleep(0.1)
             url = cluster.instances[0].url
+            # the HTTP and gRPC gateways: one standalone process serving both (like for like)
+            gw_http, gw_grpc = free_port(), free_port()
+            gateway = Proc([CL_SCALE, "gateway", "--redis-url", redis.url, "--port", str(gw_http),
+                            "--grpc-port", str(gw_grpc)], env=env, log_path=tmp / "gateway.log").start()
+            wait_port(gw_grpc, 60)
+            wait_port(gw_http, 60)
 
             async def measure() -> dict:
-                async with Senders(redis.url, url, kafka.bootstrap, topic, rabbit.url, queue) as senders:
+                async with Senders(redis.url, f"http://127.0.0.1:{gw_http}", kafka.bootstrap, topic, rabbit.url, queue,
+                                   f"127.0.0.1:{gw_grpc}") as senders:
                     log(f"latency: {p['rounds']} rounds, one message at a time per path")
                     latency = await _latency(senders, url, p["rounds"])
                     await senders.stop_floors()
@@ -315,7 +370,7 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
 
             measured = asyncio.run(measure())
         finally:
-            for proc in procs:
+            for proc in procs + ([gateway] if gateway else []):
                 proc.stop()
             for thing in (cluster, kafka, rabbit, redis):
                 if thing is not None:

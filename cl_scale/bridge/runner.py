@@ -7,13 +7,12 @@ a lost broker connection reconnects with backoff (the broker redelivers what was
 
 Health: ``/healthz`` (the loop runs), ``/readyz`` (broker and Redis answer) and ``/metrics`` on
 ``--health-port``; every few seconds a heartbeat (lag, counts, last message) in Redis
-(``Keyspace.bridges``), which ``cl-scale status`` shows.
+(the worker registry, ``Keyspace.workers``), which ``cl-scale status`` shows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ import redis.exceptions
 from cl_scale.bridge import metrics
 from cl_scale.bridge.core import Backpressure, Bridge, Incoming, Outcome, Refused
 from cl_scale.bridge.settings import BrokerSettings
+from cl_scale.worker import registry
 
 log = logging.getLogger("cl_scale.bridge")
 
@@ -60,6 +60,7 @@ class Runner:
         self.lag: int | None = None
         self.last_seen: float | None = None
         self.stopping = asyncio.Event()
+        self.beat = registry.Beat("bridge", self.name, interval=HEARTBEAT_SECONDS)
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -171,12 +172,13 @@ class Runner:
         return self.redis_ok
 
     def status(self) -> dict:
-        return {"name": self.name, "kind": self.settings.kind, "source": self.settings.shown,
-                "connected": self.connected, "lag": self.lag, "forwarded": _total(metrics.FORWARDED),
-                "refused": _total(metrics.REFUSED), "last_seen": self.last_seen, "pid": os.getpid(), "at": time.time()}
+        """This bridge's registry entry (``worker.registry``): sent = forwarded, errors = refused."""
+        self.beat.sent, self.beat.errors = _total(metrics.FORWARDED), _total(metrics.REFUSED)
+        return self.beat.entry(broker=self.settings.kind, source=self.settings.shown, connected=self.connected,
+                               lag=self.lag, forwarded=self.beat.sent, refused=self.beat.errors,
+                               last_seen=self.last_seen, pid=os.getpid())
 
     async def _heartbeat_loop(self) -> None:
-        key = self.bridge.pub.keys.bridges
         while True:
             if self.connected:
                 try:
@@ -186,14 +188,14 @@ class Runner:
                 except Exception as exc:
                     log.debug("%s: lag unavailable (%s)", self.name, exc.__class__.__name__)
             try:
-                await self.bridge.pub.redis.hset(key, self.name, json.dumps(self.status()))
+                await registry.write(self.bridge.pub.redis, self.bridge.pub.keys, self.status())
             except Exception as exc:
                 log.debug("%s: heartbeat failed (%s)", self.name, exc.__class__.__name__)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _forget(self) -> None:
         try:
-            await self.bridge.pub.redis.hdel(self.bridge.pub.keys.bridges, self.name)
+            await registry.forget(self.bridge.pub.redis, self.bridge.pub.keys, self.name)
         except Exception:
             pass
 

@@ -65,7 +65,7 @@ def bridge_cmd(
         from cl_scale.worker.publisher import Publisher
 
         pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, author="Worker",
-                        outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
+                        outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl, announce=None)
         bridge = Bridge(pub, key, known_keys=settings.known_keys, require_signature=require_signature,
                         kind=broker.kind)
         runner = Runner(bridge, broker, batch_size=batch_size, name=name)

@@ -98,14 +98,18 @@ def _rows(info: dict) -> list[list[str]]:
     redis = info["redis"]
     rows.append(["redis", str(redis.get("pid") or "-"), str(redis.get("port") or "-"),
                  {True: "up", False: "DOWN", None: "external"}[redis["alive"]], ""])
-    for b in info.get("bridges", []):
-        if b["stale"]:
-            state = f"STALE (no heartbeat for {time.time() - float(b.get('at') or 0):.0f}s)"
+    for w in info.get("workers", []):
+        if w["state"] == "stale":
+            state = f"STALE (no heartbeat for {w['age']:.0f}s)"
+        elif w.get("kind") == "bridge":
+            state = (("up" if w.get("connected") else "BROKER DOWN")
+                     + f", lag {w.get('lag') if w.get('lag') is not None else '?'}, {w.get('forwarded', 0)} forwarded, "
+                       f"{w.get('refused', 0)} refused")
         else:
-            state = (("up" if b.get("connected") else "BROKER DOWN")
-                     + f", lag {b.get('lag') if b.get('lag') is not None else '?'}, {b.get('forwarded', 0)} forwarded, "
-                       f"{b.get('refused', 0)} refused")
-        rows.append([f"bridge {b['name']}", str(b.get("pid") or "-"), "-", state, ""])
+            rate = w.get("rate")
+            state = (f"healthy, {rate if rate is not None else '?'} msgs/s, {w.get('sent', 0)} sent, "
+                     f"{w.get('errors', 0)} errors")
+        rows.append([f"{w.get('kind', 'worker')} {w['id']}", str(w.get("pid") or "-"), "-", state, ""])
     return rows
 
 
@@ -124,8 +128,9 @@ def _table(info: dict):
 @app.command(
     "status",
     help=(
-        "Show the local cluster started by `cl-scale up`: PIDs, ports, readiness, sessions, and the broker "
-        "bridges reporting to its Redis (lag, forwarded, refused).\n\n"
+        "Show the local cluster started by `cl-scale up`: PIDs, ports, readiness, sessions, and the workers "
+        "reporting to its Redis: SDK publishers, gateways and the workers announcing through them, broker "
+        "bridges (healthy or stale, msgs/s, errors; a bridge's lag).\n\n"
         "Exit code 1 when something is down, 2 when no cluster is recorded.\n\n"
         "Examples:\n\n"
         "  cl-scale status\n\n"
@@ -137,12 +142,12 @@ def status_cmd(
     state_dir: Path = typer.Option(Path(".cl-scale"), help=STATE_DIR_HELP),
 ) -> None:
     from cl_scale.errors import UserError
-    from cl_scale.ops.local import bridge_heartbeats, describe, load_state
+    from cl_scale.ops.local import describe, load_state, worker_heartbeats
 
     state = load_state(state_dir)
     if state is None:
         raise UserError(f"no cluster recorded in {state_dir.resolve()} (start one with `cl-scale up`)")
-    info = describe(state, bridge_heartbeats(state_dir))
+    info = describe(state, worker_heartbeats(state_dir))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:

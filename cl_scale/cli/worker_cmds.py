@@ -216,3 +216,43 @@ def redis_acl_cmd(role: str = typer.Argument(..., metavar="ROLE", help="worker |
     except ValueError as exc:
         raise UserError(f"prefix: {exc}") from None
     typer.echo(" ".join(keys.acl_rules(role)))
+
+
+@app.command("workers", help=(
+    "List the workers reporting to Redis: SDK publishers, gateways and the workers announcing through them "
+    "(gRPC Announce, HTTP POST /cl-scale/v1/workers/{id}), broker bridges: kind, version, last heartbeat, "
+    "msgs/s, errors, healthy or stale (silent past 2 intervals).\n\n"
+    "Exit code 1 when a worker is stale.\n\n"
+    "Examples:\n\n  cl-scale workers\n\n  cl-scale workers --json | jq '.[] | select(.state == \"stale\")'"))
+def workers_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+                prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                state_dir: Path = typer.Option(Path(".cl-scale"), help=_STATE_HELP)) -> None:
+    from cl_scale.worker import registry
+    from cl_scale.worker.actions import ping
+
+    settings = _settings(redis_url, prefix, state_dir=state_dir)
+
+    async def read() -> list[dict]:
+        from cl_scale.wire.connect import connect
+
+        client = connect(settings.redis_url, timeout=2.0)
+        try:
+            await ping(client, settings.redis_url)
+            return registry.read(await client.hgetall(settings.keys.workers))
+        finally:
+            await client.aclose()
+
+    entries = asyncio.run(read())
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+    else:
+        for e in entries:
+            rate = e.get("rate")
+            typer.echo(f"{e['state'].upper():8} {e.get('kind', '?'):12} {e['id']}  v{e.get('version') or '?'}  "
+                       f"seen {e['age']:.0f}s ago  {rate if rate is not None else '?'} msgs/s  "
+                       f"{e.get('sent', 0)} sent  {e.get('errors', 0)} errors")
+        if not entries:
+            typer.echo("no workers reporting")
+    if any(e["state"] == "stale" for e in entries):
+        raise typer.Exit(1)

@@ -68,7 +68,7 @@ class Gateway:
                 raise ApiError(503, "gateway has no worker key to sign with (CL_SCALE_WORKER_KEYS)")
             self._pub = Publisher(self.redis_url, self.key.kid, self.key.secret, prefix=self.prefix,
                                   author="Worker", max_bytes=self.max_bytes, outbox_max=self.outbox_max,
-                                  outbox_ttl=self.outbox_ttl)
+                                  outbox_ttl=self.outbox_ttl, announce="gateway")
         return self._pub
 
     async def aclose(self) -> None:
@@ -187,6 +187,16 @@ class Gateway:
         await self.pub.remove(sid, mid)
         return JSONResponse(Accepted(id=mid).model_dump(), status_code=202)
 
+    async def post_worker(self, request: Request):
+        """A worker behind this gateway says it is alive (``worker.registry``)."""
+        from cl_scale.worker import registry
+
+        token = self.auth(request)
+        info = await self.body(request, registry.Announcement)
+        stored = await registry.announce(self.pub.redis, self.pub.keys, token.kid, request.path_params["wid"],
+                                         "http-client", info)
+        return JSONResponse(Accepted(id=stored).model_dump(), status_code=202)
+
     async def openapi(self, request: Request):
         return JSONResponse(openapi_spec())
 
@@ -222,6 +232,7 @@ def build_app(gateway: Gateway) -> Starlette:
     g = gateway
     routes = [
         Route(f"{PREFIX}/openapi.json", _wrap(g.openapi), methods=["GET"]),
+        Route(f"{PREFIX}/workers/{{wid:str}}", _wrap(g.post_worker), methods=["POST"]),
         Route(f"{PREFIX}/{{kind:str}}/{{ident:str}}/messages", _wrap(g.post_message), methods=["POST"]),
         Route(f"{PREFIX}/sessions/{{ident:str}}/stream", _wrap(g.post_stream), methods=["POST"]),
         Route(f"{PREFIX}/sessions/{{ident:str}}/messages/{{mid:str}}", _wrap(g.patch_message), methods=["PATCH"]),
@@ -244,8 +255,10 @@ def _schema(model) -> dict:
 
 
 def openapi_spec() -> dict:
+    from cl_scale.worker.registry import Announcement
+
     schemas = {}
-    for model in (MessageIn, UpdateIn, StreamIn, Accepted):
+    for model in (MessageIn, UpdateIn, StreamIn, Accepted, Announcement):
         s = _schema(model)
         schemas.update(s.pop("$defs", {}))
         schemas[model.__name__] = s
@@ -273,6 +286,8 @@ def openapi_spec() -> dict:
     paths[f"{PREFIX}/sessions/{{ident}}/messages/{{mid}}"] = {
         "patch": op("Update a message", UpdateIn, ("ident", "mid")),
         "delete": op("Remove a message", None, ("ident", "mid"))}
+    paths[f"{PREFIX}/workers/{{wid}}"] = {"post": op("Announce a worker behind this gateway (a heartbeat)",
+                                                     Announcement, ("wid",))}
     return {"openapi": "3.1.0", "info": {"title": "cl-scale worker gateway", "version": "1"},
             "paths": paths, "components": {"schemas": schemas,
                                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}

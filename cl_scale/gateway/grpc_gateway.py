@@ -360,6 +360,17 @@ class GrpcGateway:
                                               author=f.get("author", ""), at=float(f.get("at") or 0), cursor=last)
 
 
+    @_unary
+    async def Announce(self, request, context):
+        from cl_scale.worker import registry
+
+        token = self._token(context)
+        info = registry.Announcement(version=request.version, interval=request.interval_seconds or registry.INTERVAL,
+                                     sent=request.sent, errors=request.errors)
+        stored = await registry.announce(self.g.pub.redis, self.g.pub.keys, token.kid, request.id, "grpc-client", info)
+        return self.pb.AnnounceReply(id=stored)
+
+
 class TlsFiles:
     """Server TLS: certificate and key (PEM files); with ``client_ca``, clients must present a
     certificate it signed (mTLS)."""

@@ -198,38 +198,32 @@ def _metric(url: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def bridge_heartbeats(state_dir: Path, stale_after: float = 20.0) -> list[dict]:
-    """The broker bridges reporting to this cluster's Redis (``Keyspace.bridges``), each with
-    ``stale`` set when its last heartbeat is older than ``stale_after`` seconds. [] if Redis is down."""
+def worker_heartbeats(state_dir: Path) -> list[dict]:
+    """The workers reporting to this cluster's Redis (``worker.registry``: SDK publishers, gateways,
+    the workers announcing through them, bridges), each with its ``state``. [] if Redis is down."""
     import redis
 
+    from cl_scale.worker import registry
     from cl_scale.worker.settings import WorkerSettings
 
     try:
         settings = WorkerSettings.from_env(state_dir=state_dir)
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         try:
-            raw = client.hgetall(settings.keys.bridges)
+            raw = client.hgetall(settings.keys.workers)
         finally:
             client.close()
     except Exception:  # status reports what it can; Redis itself shows as DOWN in its own row
         return []
-    out = []
-    for name, value in sorted(raw.items()):
-        try:
-            beat = json.loads(value)
-        except ValueError:
-            continue
-        beat["name"] = name.decode(errors="replace")
-        beat["stale"] = time.time() - float(beat.get("at") or 0) > stale_after
-        out.append(beat)
-    return out
+    return registry.read(raw)
 
 
-def describe(state: dict, bridges: list[dict] | None = None) -> dict:
-    """The state file enriched with what is true now: alive, ready, sessions, broker bridges."""
+def describe(state: dict, workers: list[dict] | None = None) -> dict:
+    """The state file enriched with what is true now: alive, ready, sessions, workers. The cluster is
+    healthy when its processes are and every broker bridge is connected and beating (other workers
+    come and go: each shows its own state)."""
     out = json.loads(json.dumps(state))
-    out["bridges"] = bridges or []
+    out["workers"] = workers or []
     for inst in out["instances"]:
         inst["alive"] = _pid_alive(inst["pid"])
         inst["ready"] = inst["alive"] and http_status(f"{inst['url']}/readyz") == 200
@@ -240,7 +234,8 @@ def describe(state: dict, bridges: list[dict] | None = None) -> dict:
     redis["alive"] = _pid_alive(redis["pid"]) if redis.get("managed") else None
     out["healthy"] = (out["nginx"]["alive"] and all(i["ready"] for i in out["instances"])
                       and redis["alive"] is not False
-                      and all(b.get("connected") and not b["stale"] for b in out["bridges"]))
+                      and all(w.get("connected") and w["state"] == "healthy"
+                              for w in out["workers"] if w.get("kind") == "bridge"))
     return out
 
 

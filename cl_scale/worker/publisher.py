@@ -24,6 +24,7 @@ from cl_scale.wire import messages as m
 from cl_scale.wire.connect import connect
 from cl_scale.wire.keyspace import Keyspace
 from cl_scale.wire.records import read_identity
+from cl_scale.worker import registry
 from cl_scale.worker.requests import Envelope
 
 log = logging.getLogger("cl_scale.worker")
@@ -55,11 +56,17 @@ class Publisher:
     :param key: its secret.
     :param max_buffer: messages held in memory while Redis is down (then ``BufferFull``).
     :param outbox_max: a session's outbox bound (then the message is dead-lettered, ``OutboxFull``).
+    :param announce: the kind this publisher announces itself as in the worker registry
+        (``worker.registry``: ``sdk``; a gateway: ``gateway``), beating every ``heartbeat`` seconds
+        from its first message until ``aclose``; None: not announced (bridges announce themselves).
+    :param worker_id: its id there (default: ``kind-host-pid-xxxx``).
     """
 
     def __init__(self, redis_url: str, key_id: str, key: str | bytes, *, prefix: str = DEFAULT_PREFIX,
                  author: str = "Worker", max_buffer: int = 10_000, outbox_max: int = 1000,
-                 outbox_ttl: float = 3600, max_bytes: int = m.MAX_BYTES, timeout: float = 2.0):
+                 outbox_ttl: float = 3600, max_bytes: int = m.MAX_BYTES, timeout: float = 2.0,
+                 announce: str | None = "sdk", worker_id: str | None = None,
+                 heartbeat: float = registry.INTERVAL):
         self.redis = connect(redis_url, timeout=timeout)
         self.keys = Keyspace(prefix)
         self.kid, self._secret = key_id, m.to_bytes(key)
@@ -69,6 +76,9 @@ class Publisher:
         self._buffer: collections.deque[tuple] = collections.deque()
         self._flusher: asyncio.Task | None = None
         self.last_error: Exception | None = None
+        self.beat = registry.Beat(announce or "sdk", worker_id or registry.default_id(announce or "sdk"),
+                                  interval=heartbeat)
+        self._heartbeat = registry.Heartbeat(self.redis, self.keys, self.beat) if announce else None
 
     def __repr__(self) -> str:
         return f"Publisher(kid={self.kid!r}, prefix={self.keys.prefix!r})"
@@ -204,6 +214,8 @@ class Publisher:
         finally:
             if self._flusher is not None:
                 self._flusher.cancel()
+            if self._heartbeat is not None:
+                await self._heartbeat.stop()
             await self.redis.aclose()
 
     # -- internals ----------------------------------------------------------------------------------
@@ -245,13 +257,23 @@ class Publisher:
         self._check(results, bodies)
 
     async def _run(self, prepared) -> list:
-        if len(prepared) == 1:
-            keys, args = prepared[0]
-            return [await self._script(keys=keys, args=args)]
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in prepared:
-            await self._script(keys=keys, args=args, client=pipe)
-        return await pipe.execute()
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+        try:
+            if len(prepared) == 1:
+                keys, args = prepared[0]
+                results = [await self._script(keys=keys, args=args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in prepared:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute()
+        except Exception:
+            self.beat.errors += 1
+            raise
+        self.beat.sent += sum(1 for r in results if int(r) == 1)
+        self.beat.errors += sum(1 for r in results if int(r) == 0)
+        return results
 
     def _check(self, results, bodies) -> None:
         full = [b.mid for r, b in zip(results, bodies) if r == 0]

@@ -41,8 +41,8 @@ async def test_a_bridge_runs_as_the_worker_acl_user(app_dir, tmp_path):
                 ])
                 assert out.forwarded == 1 and sorted(r.code for r in out.refused) == ["malformed", "no_live_session"]
                 await client.wait_for(lambda: worker_texts(client) == ["w-acl"], 15)
-                await pub.redis.hset(Keyspace().bridges, "kafka-test", json.dumps({"at": 1}))  # the heartbeat
-                await pub.redis.hdel(Keyspace().bridges, "kafka-test")
+                await pub.redis.hset(Keyspace().workers, "kafka-test", json.dumps({"at": 1}))  # the heartbeat
+                await pub.redis.hdel(Keyspace().workers, "kafka-test")
                 assert await admin.xlen(Keyspace().dead_letters) == 2
             finally:
                 await pub.aclose()

@@ -68,15 +68,15 @@ async def test_bridge_waits_for_its_broker_then_reports_health(cluster, bridges,
         try:
             beat = None
             for _ in range(80):  # bounded: heartbeats every 5 s
-                raw = await r.hget(Keyspace().bridges, "b1")
+                raw = await r.hget(Keyspace().workers, "b1")
                 beat = json.loads(raw) if raw else None
                 if beat and beat["forwarded"] == 1:
                     break
                 await asyncio.sleep(0.1)
-            assert beat["kind"] == "kafka" and beat["connected"] and beat["refused"] == 1
+            assert (beat["kind"], beat["broker"]) == ("bridge", "kafka") and beat["connected"] and beat["refused"] == 1
             assert beat["lag"] == 0 and beat["last_seen"]
             bridge.stop()
-            assert await r.hget(Keyspace().bridges, "b1") is None  # a clean stop removes its heartbeat
+            assert await r.hget(Keyspace().workers, "b1") is None  # a clean stop removes its heartbeat
         finally:
             await r.aclose()
     finally:
@@ -89,19 +89,21 @@ def test_status_shows_bridges_and_stale_ones_are_unhealthy(redis_server, monkeyp
     import redis
 
     from cl_scale.cli.cluster_cmds import _rows
-    from cl_scale.ops.local import bridge_heartbeats, describe
+    from cl_scale.ops.local import describe, worker_heartbeats
 
     r = redis.Redis.from_url(redis_server.url)
     now = time.time()
-    r.hset(Keyspace().bridges, "kafka-a", json.dumps({"kind": "kafka", "connected": True, "lag": 3, "forwarded": 12,
-                                                      "refused": 1, "pid": 42, "at": now}))
+    r.hset(Keyspace().workers, "kafka-a", json.dumps({"kind": "bridge", "broker": "kafka", "connected": True, "lag": 3,
+                                                      "forwarded": 12, "refused": 1, "pid": 42, "at": now,
+                                                      "interval": 5}))
     monkeypatch.setenv("CL_SCALE_REDIS_URL", redis_server.url)
     state = {"url": "http://127.0.0.1:1", "instances": [], "nginx": {"pid": 2**22 + 1, "port": 1},
              "redis": {"managed": False}}
-    rows = _rows(describe(state, bridge_heartbeats(tmp_path)))
+    rows = _rows(describe(state, worker_heartbeats(tmp_path)))
     assert ["bridge kafka-a", "42", "-", "up, lag 3, 12 forwarded, 1 refused", ""] in rows
-    r.hset(Keyspace().bridges, "amqp-b", json.dumps({"kind": "amqp", "connected": True, "at": now - 300}))
-    info = describe({**state, "nginx": {"pid": os.getpid(), "port": 1}}, bridge_heartbeats(tmp_path))
-    assert [b["name"] for b in info["bridges"] if b["stale"]] == ["amqp-b"] and not info["healthy"]
+    r.hset(Keyspace().workers, "amqp-b", json.dumps({"kind": "bridge", "connected": True, "at": now - 300,
+                                                     "interval": 5}))
+    info = describe({**state, "nginx": {"pid": os.getpid(), "port": 1}}, worker_heartbeats(tmp_path))
+    assert [w["id"] for w in info["workers"] if w["state"] == "stale"] == ["amqp-b"] and not info["healthy"]
     assert any(row[3].startswith("STALE") for row in _rows(info))
     r.close()

@@ -31,7 +31,7 @@ def test_every_key_is_documented_and_under_the_prefix():
         assert f"`{name}" in DOC, f"Keyspace.{name} missing from docs/keyspace.md"
         value = attr if isinstance(attr, str) else attr(*["x"] * len(inspect.signature(attr).parameters))
         assert value.startswith("app1:"), (name, value)
-    assert ks.permanent() == {ks.outbox_index, ks.dead_letters, ks.bridges, ks.requests}
+    assert ks.permanent() == {ks.outbox_index, ks.dead_letters, ks.workers, ks.requests}
     for code in dead_letters.CODES:
         assert code  # every refusal code has a meaning (documented in CODES)
 
