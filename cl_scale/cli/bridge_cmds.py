@@ -54,6 +54,7 @@ def bridge_cmd(
     broker = BrokerSettings.parse(url)
     broker.ssl_context()  # a missing CA/certificate file is a usage error, not a reconnect loop
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
+    settings.check_tls()
     key = settings.signing_key()
     if require_signature and not settings.known_keys:
         raise UserError("--require-signature: CL_SCALE_WORKER_KEYS is empty: no signature could verify")

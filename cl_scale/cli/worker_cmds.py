@@ -149,17 +149,18 @@ def dlq_purge(ids: list[str] = typer.Argument(None, metavar="[ID]..."),
     "Tokens from $CL_SCALE_GATEWAY_TOKENS (id:token[;users=a|b][;sessions=s]); messages are signed with "
     "$CL_SCALE_WORKER_KEY, else the first key of $CL_SCALE_WORKER_KEYS (or --key-id).\n\n"
     "With --grpc-port, also the gRPC gateway (clscale.v1.Gateway, the .proto in docs/grpc.md; health "
-    "checking and reflection included), TLS with --tls-cert/--tls-key, mTLS with --tls-client-ca.\n\n"
+    "checking and reflection included). TLS on both ports with --tls-cert/--tls-key; with --tls-client-ca, "
+    "only clients holding a certificate from that CA (mTLS).\n\n"
     "Examples:\n\n  cl-scale gateway --redis-url redis://127.0.0.1:6379/0 --port 8100\n\n"
     "  cl-scale gateway --grpc-port 50051 --tls-cert server.pem --tls-key server.key"))
 def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
                 host: str = typer.Option("127.0.0.1", help="Address to listen on."),
                 port: int = typer.Option(8100, help="Port to listen on."),
                 grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="Also serve gRPC on this port."),
-                tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="gRPC TLS: server certificate (PEM)."),
-                tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="gRPC TLS: its private key (PEM)."),
+                tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="TLS: server certificate (PEM)."),
+                tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="TLS: its private key (PEM)."),
                 tls_client_ca: Optional[Path] = typer.Option(None, "--tls-client-ca",
-                                                            help="gRPC mTLS: accept only clients with a certificate "
+                                                            help="mTLS: accept only clients with a certificate "
                                                                  "signed by this CA (PEM)."),
                 key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs."),
                 prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
@@ -169,19 +170,18 @@ def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", hel
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: must be between 1 and 65535")
-    tls = _grpc_tls(grpc_port, tls_cert, tls_key, tls_client_ca)
+    tls = _tls(grpc_port, tls_cert, tls_key, tls_client_ca)
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
+    settings.check_tls()
     serve(from_worker_settings(settings), host=host, port=port, grpc_port=grpc_port, tls=tls,
           announce=lambda url: typer.echo(f"cl-scale gateway: listening on {url} (Ctrl-C stops)", err=True))
 
 
-def _grpc_tls(grpc_port, cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]):
-    """The gRPC TLS files, checked before anything starts (a usage error names the option)."""
+def _tls(grpc_port, cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path]):
+    """The gateway's TLS files, checked before anything starts (a usage error names the option)."""
     if grpc_port is not None and not 1 <= grpc_port <= 65535:
         raise UserError(f"--grpc-port {grpc_port}: must be between 1 and 65535")
     given = {"--tls-cert": cert, "--tls-key": key, "--tls-client-ca": client_ca}
-    if any(given.values()) and grpc_port is None:
-        raise UserError(f"{next(k for k, v in given.items() if v)}: TLS is for the gRPC port: add --grpc-port")
     if (cert is None) != (key is None) or (client_ca and cert is None):
         raise UserError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
     for option, path in given.items():

@@ -167,18 +167,29 @@ def nginx_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None):
-        self.tmp, self.port, self.password = tmp, port or free_port(), password
+    """A private ``redis-server`` on a free loopback port.
+
+    :param tls: a directory made by ``ops.certs.make_certificates``: then Redis listens for TLS only
+        (``tls-port``, no plain port) and ``url`` is ``rediss://...?ssl_ca_certs=<its CA>``.
+    """
+
+    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None, tls: Path | None = None):
+        self.tmp, self.port, self.password, self.tls = tmp, port or free_port(), password, tls
         self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls / 'ca.pem'}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         binary = find_redis_server()
-        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        listen = (["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.pem"),
+                   "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+                   "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)])
+        cmd = [binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(self.tmp)]
         if self.password:
             cmd += ["--requirepass", self.password]

@@ -27,7 +27,15 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     from cl_scale.runtime.chainlit import boot
     from cl_scale.runtime.instance import Instance
 
-    # A taken port is one line (exit 2), before anything loads.
+    # A taken port is one line (exit 2), before anything loads; so is a TLS mistake towards Redis
+    # (Redis merely down is not: the instance serves not-ready until it answers).
+    from cl_scale.errors import UserError
+    from cl_scale.wire.connect import tls_problem
+    from cl_scale.wire.redis_url import redacted
+
+    problem = asyncio.run(tls_problem(settings.redis_url))
+    if problem:
+        raise UserError(f"--redis-url / CL_SCALE_REDIS_URL={redacted(settings.redis_url)}: {problem}")
     sockets = [bind(settings.host, settings.port)]
     if settings.admin_port is not None:
         sockets.append(bind(settings.host, settings.admin_port))

@@ -12,7 +12,7 @@ import redis.exceptions as redis_errors
 
 from cl_scale.errors import UserError, shown
 from cl_scale.wire import messages as m
-from cl_scale.wire.connect import connect
+from cl_scale.wire.connect import connect, why_unreachable
 from cl_scale.wire.redis_url import redacted
 from cl_scale.worker import dlq
 from cl_scale.worker.publisher import DeliveryError, Publisher
@@ -26,7 +26,7 @@ async def ping(redis, url: str) -> None:
         raise UserError(f"--redis-url={redacted(url)}: authentication failed (wrong user or password; "
                         "the password may come from REDIS_PASSWORD)") from None
     except Exception as exc:
-        raise UserError(f"--redis-url={redacted(url)}: unreachable ({exc.__class__.__name__})") from None
+        raise UserError(f"--redis-url={redacted(url)}: {why_unreachable(exc)}") from None
 
 
 @asynccontextmanager

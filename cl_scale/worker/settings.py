@@ -63,6 +63,19 @@ class WorkerSettings:
                    outbox_ttl=number("CL_SCALE_WORKER_OUTBOX_TTL", env("CL_SCALE_WORKER_OUTBOX_TTL", "3600"),
                                      float, 1, 30 * DAY))
 
+    def check_tls(self) -> None:
+        """A long-running process (gateway, bridge) refuses to start on a TLS mistake towards Redis
+        (``wire.connect.tls_problem``): one line naming the URL (redacted), exit 2."""
+        import asyncio
+
+        from cl_scale.errors import UserError
+        from cl_scale.wire.connect import tls_problem
+        from cl_scale.wire.redis_url import redacted
+
+        problem = asyncio.run(tls_problem(self.redis_url))
+        if problem:
+            raise UserError(f"--redis-url={redacted(self.redis_url)}: {problem}")
+
     def signing_key(self) -> m.WorkerKey:
         if self.key is None:
             raise UserError("worker key: set CL_SCALE_WORKER_KEY=id:secret (one of the instances' "

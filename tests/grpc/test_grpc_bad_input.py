@@ -169,6 +169,21 @@ async def test_tls_and_mtls_on_the_grpc_port(cluster, gateway, tmp_path):
                                                              metadata=BEARER, timeout=10)
             assert reply.outcome == pb.ACCEPTED
         await client.wait_for(lambda: final_texts(client).get("t-1") == "w-tls", 15)
+        import ssl
+
+        import aiohttp
+
+        https = ssl.create_default_context(cafile=str(certs / "ca.pem"))  # the HTTP gateway, same TLS
+        https.load_cert_chain(str(certs / "worker.pem"), str(certs / "worker.key"))
+        async with aiohttp.ClientSession(headers={"authorization": BEARER[0][1]}) as http:
+            async with http.post(f"https://127.0.0.1:{gw.port}/cl-scale/v1/sessions/{sid}/messages",
+                                 json={"text": "w-https", "id": "h-1"}, ssl=https) as resp:
+                assert resp.status == 202, await resp.text()
+            with pytest.raises(aiohttp.ClientError):  # plaintext to the TLS port
+                async with http.post(f"http://127.0.0.1:{gw.port}/cl-scale/v1/sessions/{sid}/messages",
+                                     json={"text": "w"}) as resp:
+                    await resp.read()
+        await client.wait_for(lambda: final_texts(client).get("h-1") == "w-https", 15)
         refused = [("TLS without a client certificate", grpc.ssl_channel_credentials(ca)),
                    ("plaintext to the TLS port", None)]
         for name, creds in refused:
