@@ -369,6 +369,10 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
                     return {"latency": latency, "sustained": sustained}
 
             measured = asyncio.run(measure())
+            from cl_scale.bench import codec
+
+            log("outbox entry encodings: JSON vs protobuf")
+            measured["codec"] = codec.measure(300 if quick else 3000)
         finally:
             for proc in procs + ([gateway] if gateway else []):
                 proc.stop()
@@ -410,6 +414,10 @@ def readme_section(results: dict) -> str:
                   f"{' (quick run)' if p.get('quick') else ''}. Regenerate: `cl-scale bench --paths`._", "",
               "- p50 latency against the SDK path: " + ", ".join(
                   f"{path} {_ratio(lat[path]['p50_ms'], sdk)}" for path in PATHS[1:]) + "."]
+    if results.get("codec"):
+        from cl_scale.bench import codec
+
+        lines.append(codec.verdict(results["codec"]))
     if all(f in lat for f in FLOORS):
         kf, af = lat["kafka_floor"]["p50_ms"], lat["amqp_floor"]["p50_ms"]
         lines.append(f"- The brokers alone (publish -> a plain consumer, no cl-scale; same rounds, interleaved): "

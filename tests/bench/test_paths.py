@@ -29,6 +29,7 @@ def test_quick_paths_bench_writes_json_png_and_loses_nothing(tmp_path):
         assert results["latency"][path]["lost"] == 0 and results["latency"][path]["n"] == 20
         s = results["sustained"][path]
         assert (s["messages"], s["received"], s["lost"]) == (300, 300, 0), (path, s)
+    assert set(results["codec"]) == {"message", "token"}  # JSON vs protobuf outbox entries, measured
     for floor in paths.FLOORS:  # the brokers alone, measured in the same rounds
         assert results["latency"][floor]["n"] == 20, results["latency"][floor]
     for bridge in ("kafka", "amqp"):  # bursts travel in batches, not one round trip per message
