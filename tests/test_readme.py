@@ -7,6 +7,7 @@ from pathlib import Path
 from tests import test_bad_input
 from tests.bridge import test_bridges
 from tests.gateway import test_gateway_app, test_gateway_server
+from tests.grpc import test_grpc_bad_input
 from tests.runtime import test_bad_requests
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -17,9 +18,12 @@ def bad_input_counts() -> str:
     http = (len(test_gateway_app.BAD_REQUESTS) + len(test_gateway_server.BAD_BODIES) + test_gateway_server.SLOW_OR_GONE
             + len(test_bad_requests.COOKIE_CASES) + len(test_bad_requests.ENGINEIO_JUNK))
     broker = len(test_bridges.bad_messages("s" * 8, "g" * 8))
+    grpc_calls = len(test_grpc_bad_input.cases(test_grpc_bad_input.stubs()[0], "s" * 8))
     return (f"**{cli} bad command-line inputs** (`tests/test_bad_input.py`), **{http} bad HTTP requests** "
             "to the gateway and the instances (`tests/gateway/`, `tests/runtime/test_bad_requests.py`, "
-            f"answered with a 4xx, JSON where cl-scale answers) and **{broker} bad broker messages** on each "
+            f"answered with a 4xx, JSON where cl-scale answers), **{grpc_calls} bad gRPC calls** "
+            "(`tests/grpc/test_grpc_bad_input.py`, each its status code and a one-line reason) and "
+            f"**{broker} bad broker messages** on each "
             "of Kafka and RabbitMQ (`tests/bridge/test_bridges.py`, dead-lettered with their reason and "
             "acknowledged) are tested that way.")
 

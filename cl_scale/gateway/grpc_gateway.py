@@ -174,10 +174,16 @@ class GrpcGateway:
         rows = await pipe.execute()
         return {sid: identity_from(row) or await pub.session_identity(sid) for sid, row in zip(unique, rows)}
 
-    async def _sessions(self, envs: list[Envelope], token: m.WorkerKey, batch: bool = False) -> list[list[str]]:
-        """The sessions each request reaches, checked against Redis (existence, the token's scope)."""
+    async def _sessions(self, envs: list[Envelope], token: m.WorkerKey, batch: bool = False,
+                        read: bool = True) -> list[list[str]]:
+        """The sessions each request reaches, checked against Redis (existence, the token's scope).
+        ``read=False`` (one request, unscoped token): a session target is not read first; the append
+        checks that the session exists in its own round trip (``require_session``)."""
         import grpc
 
+        if not read and not token.scoped:
+            return [[e.session_id] for e in envs if e.session_id] if all(e.session_id for e in envs) else \
+                await self._sessions(envs, token, batch)
         identities = await self._identities([e.session_id for e in envs if e.session_id])
         out = []
         for i, env in enumerate(envs):
@@ -202,19 +208,26 @@ class GrpcGateway:
         return out
 
     async def _publish(self, envs: list[Envelope], token: m.WorkerKey, batch: bool = False) -> list:
-        """Check every request, then append all their entries in one round trip; a reply each."""
-        reached = await self._sessions(envs, token, batch)
+        """Check every request, then append all their entries in one round trip; a reply each. A
+        batch is read first (one bad message refuses it before anything is appended); a single
+        request from an unscoped token is checked by the append itself (one round trip, not two)."""
+        import grpc
+
+        reached = await self._sessions(envs, token, batch, read=batch)
         pub, pb = self.g.pub, self.pb
         bodies, owners = [], []
         for i, (env, sessions) in enumerate(zip(envs, reached)):
             made = pub.bodies(env, sessions)
             bodies += made
             owners += [i] * len(made)
-        results = await pub.append(bodies, self.g.key)
+        results = await pub.append(bodies, self.g.key, require_session=True)
         replies = []
         for i, env in enumerate(envs):
             mine = [r for r, o in zip(results, owners) if o == i]
             mid = bodies[owners.index(i)].mid if i in owners else (env.id or "")
+            if 3 in mine:  # not held by Redis (a single request, checked by the append)
+                raise Refusal(grpc.StatusCode.NOT_FOUND,
+                              f"no session {env.session_id!r} (never created, or expired)")
             if 0 in mine:
                 outcome, reason = pb.DEAD_LETTERED, "outbox_full: the session's outbox was at its bound"
             elif mine and all(r == 2 for r in mine):

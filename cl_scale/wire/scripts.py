@@ -86,6 +86,7 @@ def session_delete(ks: Keyspace, session_id: str, owner: str) -> tuple[list, lis
 # drain is already reading: it reads until the stream is empty, so no wake-up is sent (the owner's
 # one-second sweep is the safety net).
 OUTBOX_APPEND = _lua("""
+if ARGV[11] == '1' and redis.call('EXISTS', ARGV[9]) == 0 then return 3 end
 if redis.call('EXISTS', ARGV[10]) == 1 then return 2 end
 local n = redis.call('XLEN', KEYS[1])
 if n >= tonumber(ARGV[4]) then
@@ -112,11 +113,13 @@ return 1
 
 
 def outbox_append(ks: Keyspace, session_id: str, entry_id: str, kid: str, body: bytes, sig: str, *,
-                  outbox_max: int, ttl: float) -> tuple[list, list]:
-    """(KEYS, ARGV) of ``OUTBOX_APPEND`` for one entry (SDK, gateways, ``cl-scale dlq replay``)."""
+                  outbox_max: int, ttl: float, require_session: bool = False) -> tuple[list, list]:
+    """(KEYS, ARGV) of ``OUTBOX_APPEND`` for one entry (SDK, gateways, ``cl-scale dlq replay``). With
+    ``require_session``, an entry for a session Redis does not hold is not appended (result 3): the
+    existence check rides in the append's own round trip."""
     keys = [ks.outbox(session_id), ks.dead_letters, ks.outbox_index]
     args = [kid, body, sig, outbox_max, int(ttl), f"{time.time():.3f}", session_id, ks.wake_channel_prefix,
-            ks.session(session_id), ks.seen(session_id, entry_id)]
+            ks.session(session_id), ks.seen(session_id, entry_id), "1" if require_session else "0"]
     return keys, args
 
 

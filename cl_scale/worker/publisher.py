@@ -182,16 +182,17 @@ class Publisher:
         return self._stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
                                    text=request.text, author=request.author)
 
-    async def append(self, bodies: list[m.Body], key: m.WorkerKey | list[m.WorkerKey] | None = None) -> list[int]:
+    async def append(self, bodies: list[m.Body], key: m.WorkerKey | list[m.WorkerKey] | None = None,
+                     require_session: bool = False) -> list[int]:
         """Append entries in one round trip, signed with ``key`` (default: this publisher's; a list: one
-        per entry), with no
-        retry buffer: a transient Redis error is raised, so a bridge leaves its batch unacknowledged on
-        the broker and tries again. Per entry: 1 appended, 0 outbox full (dead-lettered), 2 a
-        duplicate of an entry already delivered (skipped)."""
+        per entry), with no retry buffer: a transient Redis error is raised, so a bridge leaves its batch
+        unacknowledged on the broker and tries again. Per entry: 1 appended, 0 outbox full
+        (dead-lettered), 2 a duplicate of an entry already delivered (skipped), 3 (``require_session``
+        only) no such session: nothing appended."""
         if not bodies:
             return []
         keys = key if isinstance(key, list) else [key] * len(bodies)
-        return [int(r) for r in await self._run([self._args(b, k) for b, k in zip(bodies, keys)])]
+        return [int(r) for r in await self._run([self._args(b, k, require_session) for b, k in zip(bodies, keys)])]
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every buffered message reached Redis (raises DeliveryError on timeout)."""
@@ -236,13 +237,13 @@ class Publisher:
         except ValidationError as exc:
             raise ValueError(m.first_error(exc)) from None
 
-    def _args(self, body: m.Body, key: m.WorkerKey | None = None) -> tuple[list, list]:
+    def _args(self, body: m.Body, key: m.WorkerKey | None = None, require_session: bool = False) -> tuple[list, list]:
         raw = m.canonical(body)
         if len(raw) > self.max_bytes + m.FRAMING_BYTES:
             raise MessageTooLarge(f"message {body.mid}: {len(raw)} bytes with elements (max {self.max_bytes})")
         kid, secret = (key.kid, key.secret) if key is not None else (self.kid, self._secret)
         return scripts.outbox_append(self.keys, body.session, body.eid, kid, raw, m.sign(secret, raw),
-                                     outbox_max=self.outbox_max, ttl=self.outbox_ttl)
+                                     outbox_max=self.outbox_max, ttl=self.outbox_ttl, require_session=require_session)
 
     async def _publish(self, *bodies: m.Body) -> None:
         prepared = [self._args(b) for b in bodies]  # validation errors before anything is sent
