@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -314,6 +315,10 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
                                         wait_port)
 
     p = params(quick)
+    # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C, so the brokers, bridges, gateway and
+    # instance below are stopped instead of outliving the benchmark and skewing the next run
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     # One outbox bound on every path (the SDK publisher's is 1,000,000 too): like for like.
     env = {"CL_SCALE_WORKER_KEYS": ":".join(KEY), "CL_SCALE_GATEWAY_TOKENS": f"bench:{TOKEN}",
