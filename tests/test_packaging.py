@@ -20,15 +20,23 @@ LOADTEST_ONLY = ("loadtest", "bench")
 #: Modules that run only under ``cl-scale bridge`` or in an app that publishes outbound (the
 #: ``bridges`` extra: ``kafka`` + ``amqp``).
 BRIDGES_ONLY = ("bridge", "outbound.py")
+#: Modules that run only under ``cl-scale gateway --grpc-port`` (the ``grpc`` extra).
+GRPC_ONLY = ("gateway/grpc_gateway.py",)
 
 
 def declared(extra: str | None) -> set[str]:
-    """Normalised names of the distributions installed without extras (None) or with ``extra``."""
+    """Normalised names of the distributions installed without extras (None) or with ``extra``
+    (following ``cl-scale[other]`` to that extra's own)."""
     out = set()
     for line in requires("cl-scale") or []:
         req = Requirement(line)
         if req.marker is None or (extra and req.marker.evaluate({"extra": extra})):
-            out.add(req.name.lower().replace("_", "-"))
+            name = req.name.lower().replace("_", "-")
+            if name == "cl-scale" and req.marker is not None:
+                for other in req.extras:
+                    out |= declared(other)
+            else:
+                out.add(name)
     return out
 
 
@@ -63,11 +71,15 @@ def is_bridge(path: Path) -> bool:
     return path.relative_to(PACKAGE).parts[0] in BRIDGES_ONLY
 
 
+def is_grpc(path: Path) -> bool:
+    return path.relative_to(PACKAGE).as_posix() in GRPC_ONLY
+
+
 def test_every_import_is_declared_where_it_is_used():
     files = list(PACKAGE.rglob("*.py"))
     # Chainlit (pinned) brings these, and cl-scale uses them as Chainlit's parts: its server, its app.
     through_chainlit = {"starlette", "uvicorn", "python-engineio", "packaging", "nest-asyncio"}
-    missing_base = distributions(imported(p for p in files if not is_loadtest(p) and not is_bridge(p))) \
+    missing_base = distributions(imported(p for p in files if not (is_loadtest(p) or is_bridge(p) or is_grpc(p)))) \
         - declared(None) - through_chainlit
     assert not missing_base, f"imported by cl-scale but not declared: {sorted(missing_base)}"
     missing_extra = distributions(imported(p for p in files if is_loadtest(p))) - declared("loadtest") - through_chainlit
@@ -75,6 +87,9 @@ def test_every_import_is_declared_where_it_is_used():
     bridges = declared("bridges") | declared("kafka") | declared("amqp")
     missing_bridges = distributions(imported(p for p in files if is_bridge(p))) - declared(None) - bridges
     assert not missing_bridges, f"imported by the bridges but not in the bridges extra: {sorted(missing_bridges)}"
+    missing_grpc = distributions(imported(p for p in files if is_grpc(p))) - declared(None) - declared("grpc") \
+        - through_chainlit
+    assert not missing_grpc, f"imported by the gRPC gateway but not in the grpc extra: {sorted(missing_grpc)}"
 
 
 @pytest.mark.parametrize("command", ["loadtest", "bench"])

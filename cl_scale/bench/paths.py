@@ -194,12 +194,8 @@ class Senders:
         else:
             # on the aiormq channel under aio-pika's (as the bridge consumes): aio-pika's per-message
             # wrapping made this publisher, not the bridge, the bound of the RabbitMQ row
-            from pamqp.commands import Basic
-
-            raw = await self.channel.get_underlay_channel()
-            props = Basic.Properties(content_type="application/json")
-            await asyncio.gather(*(raw.basic_publish(_payload(s, m, t), routing_key=self.queue, properties=props)
-                                   for s, m, t in items))
+            raw = await self.channel.get_underlay_channel()  # no content type declared: JSON
+            await asyncio.gather(*(raw.basic_publish(_payload(s, m, t), routing_key=self.queue) for s, m, t in items))
 
 
     def _open_stream(self, sid: str) -> tuple[asyncio.Queue, object]:
