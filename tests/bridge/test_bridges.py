@@ -110,6 +110,10 @@ async def test_amqps_with_a_private_ca(cluster, rabbit, bridges, tmp_path):
                 break
             await asyncio.sleep(0.2)
         assert http_status(ready) == 503
+        for _ in range(100):  # bounded: until its first failed attempt is logged
+            if "cannot reach amqps://guest@localhost" in untrusted.proc.log():
+                break
+            await asyncio.sleep(0.2)
         log = untrusted.proc.log()
         assert "cannot reach amqps://guest@localhost" in log and "SSL" in log and "guest:guest" not in log
         bridge.stop()
