@@ -49,7 +49,6 @@ class InstanceApp:
         settings = instance.settings
         limit = settings.max_upload_bytes or (upload_limit_mb or DEFAULT_UPLOAD_MB) * 1024 * 1024
         self.forwarder = Forwarder(instance, chainlit_app, upload_limit=limit + MULTIPART_SLACK, tag=self._tag)
-        self._gateway = None  # worker HTTP gateway (/cl-scale/v1), built on first use
         self.admin_port = settings.admin_port
 
     def _listener_refuses(self, scope) -> bool:
@@ -91,11 +90,7 @@ class InstanceApp:
             if path.startswith(SESSION_BOUND) and FORWARDED_HEADER not in dict(scope["headers"]):
                 return await self.forwarder(scope, receive, send)
             if path.startswith(GATEWAY_PREFIX):
-                if self._gateway is None:
-                    from cl_scale.gateway.app import from_settings
-
-                    self._gateway = from_settings(self.instance.settings)
-                return await self._gateway(scope, receive, send)
+                return await self.instance.gateway_app()(scope, receive, send)
             if self.instance.draining and _new_engineio_handshake(scope):
                 # nginx (proxy_next_upstream http_503) retries the handshake on a peer.
                 return await respond(send, 503, b'{"error":"instance draining"}')

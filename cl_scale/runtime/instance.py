@@ -65,6 +65,16 @@ class Instance:
         self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
+        self._gateway = None  # the worker HTTP gateway app (/cl-scale/v1), built on first use
+        self._grpc = None  # the gRPC gateway server (CL_SCALE_GRPC_PORT)
+
+    def gateway_app(self):
+        """The worker gateway of this instance (HTTP app; its ``state.gateway`` serves gRPC too)."""
+        if self._gateway is None:
+            from cl_scale.gateway.app import from_settings
+
+            self._gateway = from_settings(self.settings)
+        return self._gateway
 
     async def publish_request(self, session, payload) -> None:
         """Append a user's message to the requests stream (``CL_SCALE_PUBLISH_REQUESTS``). The
@@ -97,12 +107,20 @@ class Instance:
         self._tasks.append(asyncio.get_running_loop().create_task(self._register_loop()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._workers_loop()))
         await self.delivery.start(self.janitor.run())
+        if self.settings.grpc_port:
+            from cl_scale.gateway.grpc_gateway import start_server
+
+            self._grpc = await start_server(self.gateway_app().state.gateway, self.settings.host,
+                                            self.settings.grpc_port)
+            log.info("gRPC gateway on %s:%d", self.settings.host, self.settings.grpc_port)
         log.info("instance %s up (redis %s, advertise %s)", self.settings.instance_id,
                  redacted(self.settings.redis_url), self.settings.advertise_url)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
         await self.delivery.stop()
         await self.manager.close()
         me = self.settings.instance_id

@@ -37,6 +37,12 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     if problem:
         raise UserError(f"--redis-url / CL_SCALE_REDIS_URL={redacted(settings.redis_url)}: {problem}")
     sockets = [bind(settings.host, settings.port)]
+    if settings.grpc_port is not None:  # free now (gRPC binds it at start), and the extra installed
+        bind(settings.host, settings.grpc_port).close()
+        import importlib.util
+
+        if importlib.util.find_spec("grpc_tools") is None:
+            raise UserError("CL_SCALE_GRPC_PORT: the gRPC gateway needs pip install 'cl-scale[grpc]'")
     if settings.admin_port is not None:
         sockets.append(bind(settings.host, settings.admin_port))
     chainlit_app = boot.load(target, settings, headless=headless, debug=debug, root_path=root_path)

@@ -59,6 +59,9 @@ class RuntimeSettings:
     #: (``/cl-scale/v1``). When set, ``port`` no longer serves them (404), so a balancer that routes
     #: everything under ``/`` to ``port`` cannot expose them. None: one listener serves everything.
     admin_port: int | None = None
+    #: Also serve the gRPC worker gateway (``clscale.v1.Gateway``, the ``grpc`` extra) on this port,
+    #: with the instance's own tokens and key, as the HTTP gateway under ``/cl-scale/v1``. None: off.
+    grpc_port: int | None = None
     #: Clients use websockets only (Chainlit's ``[project] transports``), no long-polling: a balancer
     #: then needs no stickiness, only websocket support.
     websocket_only: bool = False
@@ -117,6 +120,7 @@ class RuntimeSettings:
             advertise_url=_env("CL_SCALE_ADVERTISE_URL"),
             advertise_host=_env("CL_SCALE_ADVERTISE_HOST"),
             admin_port=_number("CL_SCALE_ADMIN_PORT", _env("CL_SCALE_ADMIN_PORT"), int, 1, 65535),
+            grpc_port=_number("CL_SCALE_GRPC_PORT", _env("CL_SCALE_GRPC_PORT"), int, 1, 65535),
             websocket_only=_flag("CL_SCALE_WEBSOCKET_ONLY", _env("CL_SCALE_WEBSOCKET_ONLY", "false")),
             publish_requests=_flag("CL_SCALE_PUBLISH_REQUESTS", _env("CL_SCALE_PUBLISH_REQUESTS", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),

@@ -143,3 +143,22 @@ async def test_owner_sigkilled_during_stream_reply_the_reply_completes_on_the_ne
         finally:
             if second is not None:
                 await second.close()
+
+
+async def test_the_grpc_gateway_on_every_instance(cluster):
+    """``CL_SCALE_GRPC_PORT`` on an instance: the same service with the instance's tokens and key."""
+    from cl_scale.ops.processes import free_port
+
+    port = free_port()
+    (inst,) = cluster.start(1, env={**ENV, "CL_SCALE_GRPC_PORT": str(port)}).instances
+    pb, services = stubs()
+    client = await started(ChainlitClient(inst.url, reconnection=False))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await services.GatewayStub(channel).Send(
+                pb.SendRequest(session_id=client.session_id, text="w-from-instance", id="i-1"), metadata=BEARER,
+                timeout=10)
+        assert reply.outcome == pb.ACCEPTED
+        await client.wait_for(lambda: final_texts(client).get("i-1") == "w-from-instance", 15)
+    finally:
+        await client.close()
