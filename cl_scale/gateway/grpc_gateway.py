@@ -181,9 +181,8 @@ class GrpcGateway:
         checks that the session exists in its own round trip (``require_session``)."""
         import grpc
 
-        if not read and not token.scoped:
-            return [[e.session_id] for e in envs if e.session_id] if all(e.session_id for e in envs) else \
-                await self._sessions(envs, token, batch)
+        if not read and not token.scoped and all(e.session_id for e in envs):
+            return [[e.session_id] for e in envs]
         identities = await self._identities([e.session_id for e in envs if e.session_id])
         out = []
         for i, env in enumerate(envs):
