@@ -162,18 +162,24 @@ def gateway_cmd(redis_url: Optional[str] = typer.Option(None, "--redis-url", hel
                 tls_client_ca: Optional[Path] = typer.Option(None, "--tls-client-ca",
                                                             help="mTLS: accept only clients with a certificate "
                                                                  "signed by this CA (PEM)."),
+                health_port: Optional[int] = typer.Option(None, "--health-port",
+                                                          help="Plain HTTP /healthz and /readyz on this port "
+                                                               "(probes; never TLS)."),
                 key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs."),
                 prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
                 state_dir: Path = typer.Option(Path(".cl-scale"), help=_STATE_HELP)) -> None:
     from cl_scale.gateway.app import from_worker_settings
     from cl_scale.gateway.server import serve
 
-    if not 1 <= port <= 65535:
-        raise UserError(f"--port {port}: must be between 1 and 65535")
+    for option, value in (("--port", port), ("--health-port", health_port)):
+        if value is not None and not 1 <= value <= 65535:
+            raise UserError(f"{option} {value}: must be between 1 and 65535")
+    if health_port is not None and health_port in (port, grpc_port):
+        raise UserError(f"--health-port {health_port}: must differ from --port and --grpc-port")
     tls = _tls(grpc_port, tls_cert, tls_key, tls_client_ca)
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
     settings.check_tls()
-    serve(from_worker_settings(settings), host=host, port=port, grpc_port=grpc_port, tls=tls,
+    serve(from_worker_settings(settings), host=host, port=port, grpc_port=grpc_port, tls=tls, health_port=health_port,
           announce=lambda url: typer.echo(f"cl-scale gateway: listening on {url} (Ctrl-C stops)", err=True))
 
 

@@ -300,6 +300,16 @@ class App(_Model):
                           "pod start; Chainlit writes its default if the image has none.")
 
 
+class RedisTls(_Model):
+    caSecret: DnsSubdomain | None = Field(
+        None, description="External rediss:// Redis with a private CA: an existing Secret whose key ca.crt is "
+                          "that CA. Mounted read-only in every pod that talks to Redis (k8s Secret volume / "
+                          "compose secret from ./certs/redis-ca.crt) and given to the client as ssl_ca_certs.")
+    clientCertSecret: DnsSubdomain | None = Field(
+        None, description="Redis with tls-auth-clients: an existing kubernetes.io/tls Secret (tls.crt, tls.key) "
+                          "presented as the client certificate (compose: ./certs/redis-client.crt/.key).")
+
+
 class Redis(_Model):
     enabled: StrictBool = Field(
         True, description="Run a bundled Redis (k8s StatefulSet / compose service). "
@@ -314,6 +324,7 @@ class Redis(_Model):
     urlFromSecret: StrictBool = Field(
         False, description="External Redis: read the whole URL from the Secret's CL_SCALE_REDIS_URL key "
                            "instead of redis.url (a URL with a user name, or a host you keep private).")
+    tls: RedisTls = Field(default_factory=RedisTls, description="Certificates for an external rediss:// Redis.")
 
     @model_validator(mode="after")
     def _check_url(self) -> "Redis":
@@ -328,7 +339,23 @@ class Redis(_Model):
         if self.enabled and self.url:
             raise FieldError("redis.url", self.url, "redis.url is set but redis.enabled=true (bundled "
                              "Redis): set redis.enabled=false to use the external Redis")
+        tls_given = self.tls.caSecret or self.tls.clientCertSecret
+        if tls_given and self.enabled:
+            raise FieldError("redis.tls.caSecret" if self.tls.caSecret else "redis.tls.clientCertSecret",
+                             tls_given, "certificates are for an external rediss:// Redis (redis.enabled=false); "
+                             "the bundled Redis is reached inside the cluster without TLS")
+        if tls_given and self.url and not self.url.startswith("rediss://"):
+            raise FieldError("redis.url", _shown(self.url), "redis.tls needs a rediss:// URL (TLS)")
+        if self.url and tls_given and re.search(r"[?&]ssl_(ca_certs|certfile|keyfile)=", self.url):
+            raise FieldError("redis.url", _shown(self.url), "names certificate files itself: drop ssl_* from the "
+                             "URL (redis.tls mounts them and adds the paths)")
         return self
+
+
+def _shown(url: str) -> str:
+    from cl_scale.wire.redis_url import redacted
+
+    return redacted(url)
 
 
 def _check_redis_url(url: str) -> None:
@@ -522,6 +549,56 @@ class Bridge(_Model):
     healthPort: Port = Field(9100, description="Port of /healthz, /readyz and /metrics.")
 
 
+class GatewayTls(_Model):
+    secretName: DnsSubdomain | None = Field(
+        None, description="An existing kubernetes.io/tls Secret (tls.crt, tls.key): the gateway serves gRPC and "
+                          "HTTP over TLS (compose: ./certs/gateway.crt/.key). null: plaintext, only for callers "
+                          "inside the cluster (serviceType ClusterIP).")
+    clientCaSecret: DnsSubdomain | None = Field(
+        None, description="mTLS: an existing Secret whose key ca.crt signs the workers' client certificates; "
+                          "callers without one are refused at the handshake (compose: ./certs/gateway-client-ca.crt).")
+
+
+class GrpcGateway(_Model):
+    enabled: StrictBool = Field(
+        False, description="Run the worker gateway alone (`cl-scale gateway`): workers outside the cluster (the "
+                           "DMZ shape) send through it over gRPC (clscale.v1.Gateway) and HTTP (/cl-scale/v1) with "
+                           "the bearer tokens of CL_SCALE_GATEWAY_TOKENS; it signs with CL_SCALE_WORKER_KEYS.")
+    replicas: Annotated[StrictInt, _int_range(1, 20)] = Field(
+        2, description="Gateway pods (stateless: any replica serves any worker).")
+    grpcPort: Port = Field(50051, description="gRPC port (container and Service).")
+    httpPort: Port = Field(8100, description="HTTP port of /cl-scale/v1 (container and Service).")
+    healthPort: Port = Field(9101, description="Plain HTTP /healthz and /readyz (probes; never TLS, never exposed).")
+    serviceType: Literal["ClusterIP", "LoadBalancer", "NodePort"] = Field(
+        "ClusterIP", description="k8s Service type. LoadBalancer/NodePort put the gateway outside the cluster and "
+                                 "need tls.secretName.")
+    clientCIDRs: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list, description="k8s NetworkPolicy: address ranges of workers outside the cluster allowed "
+                                          "to reach the gateway ports (pods labelled cl-scale.io/gateway-client=true "
+                                          "in the namespace always are).")
+    tls: GatewayTls = Field(default_factory=GatewayTls, description="TLS (and mTLS) of both gateway ports.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}),
+        description="Container resources of a gateway pod.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "GrpcGateway":
+        ports = {"grpcGateway.grpcPort": self.grpcPort, "grpcGateway.httpPort": self.httpPort,
+                 "grpcGateway.healthPort": self.healthPort}
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise FieldError(key, port, f"must differ from {seen[port]}")
+            seen[port] = key
+        if self.enabled and self.serviceType != "ClusterIP" and not self.tls.secretName:
+            raise FieldError("grpcGateway.serviceType", self.serviceType, "exposes the gateway outside the cluster: "
+                             "set grpcGateway.tls.secretName (bearer tokens must not cross a network in plaintext)")
+        if self.tls.clientCaSecret and not self.tls.secretName:
+            raise FieldError("grpcGateway.tls.clientCaSecret", self.tls.clientCaSecret,
+                             "mTLS needs the server certificate too: set grpcGateway.tls.secretName")
+        return self
+
+
 class Values(_Model):
     """Root of ``cl-scale.yaml``."""
 
@@ -549,6 +626,9 @@ class Values(_Model):
     bridges: list[Bridge] = Field(
         default_factory=list, max_length=20,
         description="Broker bridges (Kafka/RabbitMQ into chats): a Deployment (k8s) / service (compose) each.")
+    grpcGateway: GrpcGateway = Field(default_factory=GrpcGateway,
+                                     description="The standalone worker gateway (gRPC + HTTP): Deployment + Service "
+                                                 "(k8s) / service (compose).")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Values":
@@ -563,6 +643,11 @@ class Values(_Model):
             if bridge.name in names[:i]:
                 raise FieldError(f"bridges[{i}].name", bridge.name, "given twice")
             _check_bridge(i, bridge)
+        g = self.grpcGateway
+        if g.enabled and g.serviceType != "ClusterIP" and self.networkPolicy.enabled and not g.clientCIDRs:
+            raise FieldError("grpcGateway.clientCIDRs", g.clientCIDRs, f"serviceType {g.serviceType} is for callers "
+                             "outside the cluster, but the NetworkPolicy admits none: list their address ranges "
+                             "(0.0.0.0/0 for any)")
         if self.nginx.tls.enabled and self.nginx.tls.listen == self.nginx.listen:
             raise FieldError("nginx.tls.listen", self.nginx.tls.listen, "must differ from nginx.listen")
         return self

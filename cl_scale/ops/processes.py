@@ -171,10 +171,14 @@ class RedisServer:
 
     :param tls: a directory made by ``ops.certs.make_certificates``: then Redis listens for TLS only
         (``tls-port``, no plain port) and ``url`` is ``rediss://...?ssl_ca_certs=<its CA>``.
+    :param client_auth: with ``tls``, refuse clients without a certificate signed by that CA
+        (``tls-auth-clients yes``).
     """
 
-    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None, tls: Path | None = None):
+    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None, tls: Path | None = None,
+                 client_auth: bool = False):
         self.tmp, self.port, self.password, self.tls = tmp, port or free_port(), password, tls
+        self.client_auth = client_auth
         self.proc: Proc | None = None
 
     @property
@@ -188,7 +192,7 @@ class RedisServer:
         binary = find_redis_server()
         listen = (["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.pem"),
                    "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.pem"),
-                   "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)])
+                   "--tls-auth-clients", "yes" if self.client_auth else "no"] if self.tls else ["--port", str(self.port)])
         cmd = [binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(self.tmp)]
         if self.password:

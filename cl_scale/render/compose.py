@@ -16,6 +16,7 @@ import yaml
 from cl_scale.config.values import Values
 from cl_scale.contract import APP_UID as CONTRACT_UID
 from cl_scale.render import nginx as nginx_render
+from cl_scale.render.certs import gateway_mounts, redis_mounts, with_redis_tls
 from cl_scale.render.scaffold import env_example
 
 NGINX_IMAGE = "nginx:1.27-alpine"
@@ -35,7 +36,19 @@ def service_names(values: Values) -> list[str]:
 
 
 def _redis_url(values: Values) -> str:
-    return "redis://redis:6379/0" if values.redis.enabled else _lit(values.redis.url or "")
+    return "redis://redis:6379/0" if values.redis.enabled else _lit(with_redis_tls(values.redis.url or "", values))
+
+
+def _secrets(mounts) -> list[dict[str, str]]:
+    """A service's compose secrets: each certificate file at the path the k8s Secret volume would use."""
+    return [{"source": source.replace(".", "-"), "target": m.path(key)} for m in mounts for key, source in m.files]
+
+
+def _secret_files(values: Values) -> dict[str, dict[str, str]]:
+    """Top-level ``secrets:``: the certificate files the user puts in ``./certs/``."""
+    return {source.replace(".", "-"): {"file": f"./certs/{source}"}
+            for m in [*redis_mounts(values), *(gateway_mounts(values) if values.grpcGateway.enabled else [])]
+            for key, source in m.files}
 
 
 def _redis_service(values: Values) -> dict[str, Any]:
@@ -88,6 +101,8 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
         "stop_grace_period": f"{values.drain.seconds + 15}s",
         "restart": "unless-stopped",
     }
+    if redis_mounts(values):
+        service["secrets"] = _secrets(redis_mounts(values))
     if values.redis.enabled:
         service["depends_on"] = {"redis": {"condition": "service_healthy"}}
     return service
@@ -139,6 +154,38 @@ def _bridge_service(values: Values, bridge) -> dict[str, Any]:
     }
     if bridge.replicas > 1:
         service["deploy"] = {"replicas": bridge.replicas}
+    if redis_mounts(values):
+        service["secrets"] = _secrets(redis_mounts(values))
+    if values.redis.enabled:
+        service["depends_on"] = {"redis": {"condition": "service_healthy"}}
+    return service
+
+
+def _gateway_service(values: Values) -> dict[str, Any]:
+    """``cl-scale gateway`` from the app image, its gRPC and HTTP ports published on the host (one
+    container: ``grpcGateway.replicas`` is for k8s); tokens and key from ``.env``, certificates from
+    ``./certs/`` (compose secrets)."""
+    from cl_scale.render.k8s_gateway import args
+
+    g = values.grpcGateway
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{g.healthPort}/readyz', timeout=3)"
+    service: dict[str, Any] = {
+        "image": _lit(values.app.image),
+        "entrypoint": ["cl-scale"],
+        "command": args(values),
+        "user": APP_UID,
+        "read_only": True,
+        "tmpfs": ["/tmp:mode=1777"],
+        "env_file": [".env"],  # CL_SCALE_GATEWAY_TOKENS, CL_SCALE_WORKER_KEYS, REDIS_PASSWORD
+        "environment": {"CL_SCALE_REDIS_URL": _redis_url(values), "HOME": "/tmp"},
+        "ports": [f"{g.grpcPort}:{g.grpcPort}", f"{g.httpPort}:{g.httpPort}"],
+        "healthcheck": {"test": ["CMD", "python", "-c", probe], "interval": "10s", "timeout": "5s",
+                        "retries": 3, "start_period": "20s"},
+        "restart": "unless-stopped",
+    }
+    mounts = [*redis_mounts(values), *gateway_mounts(values)]
+    if mounts:
+        service["secrets"] = _secrets(mounts)
     if values.redis.enabled:
         service["depends_on"] = {"redis": {"condition": "service_healthy"}}
     return service
@@ -153,9 +200,13 @@ def compose_dict(values: Values) -> dict[str, Any]:
     services["nginx"] = _nginx_service(values)
     for bridge in values.bridges:
         services[f"bridge-{bridge.name}"] = _bridge_service(values, bridge)
+    if values.grpcGateway.enabled:
+        services["gateway"] = _gateway_service(values)
     doc: dict[str, Any] = {"name": values.name, "services": services}
     if values.redis.enabled:
         doc["volumes"] = {"redis-data": {}}
+    if secret_files := _secret_files(values):
+        doc["secrets"] = secret_files
     return doc
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
-from cl_scale.render import k8s_bridges
+from cl_scale.render import k8s_bridges, k8s_gateway
 from cl_scale.render import k8s_exposure as exposure
 from cl_scale.render.k8s_common import (
     APP_UID,
@@ -36,8 +36,10 @@ from cl_scale.render.k8s_common import (
     labels,
     metadata,
     redis_url,
+    secret_volumes,
     selector,
 )
+from cl_scale.render.certs import redis_mounts
 from cl_scale.render.k8s_readme import readme
 from cl_scale.render.k8s_redis import redis_network_policy, redis_service, redis_statefulset
 
@@ -174,6 +176,7 @@ def _app_container(v: Values) -> dict[str, Any]:
             *([{"name": "chainlit-config", "mountPath": f"{APP_ROOT}/.chainlit/config.toml",
                 "subPath": "config.toml", "readOnly": True}] if v.app.chainlitConfig else []),
             {"name": "tmp", "mountPath": "/tmp"},
+            *secret_volumes(redis_mounts(v))[1],
         ],
     }
 
@@ -254,6 +257,7 @@ def deployment(v: Values) -> dict[str, Any]:
                     *([{"name": "chainlit-config", "configMap": {"name": chainlit_configmap_name(v)}}]
                       if v.app.chainlitConfig else []),
                     {"name": "tmp", "emptyDir": {}},
+                    *secret_volumes(redis_mounts(v))[0],
                 ],
             },
         },
@@ -355,10 +359,14 @@ def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
         files["pdb.yaml"] = [pdb(v)]
     if v.bridges:
         files["bridges.yaml"] = [k8s_bridges.deployment(v, b) for b in v.bridges]
+    if v.grpcGateway.enabled:
+        files["grpc-gateway.yaml"] = [k8s_gateway.service(v), k8s_gateway.deployment(v)] + (
+            [k8s_gateway.pdb(v)] if v.pdb.enabled and v.grpcGateway.replicas > 1 else [])
     if v.networkPolicy.enabled:
         files["networkpolicy.yaml"] = [exposure.app_network_policy(v)] + (
             [redis_network_policy(v)] if v.redis.enabled else []) + [k8s_bridges.network_policy(v, b)
-                                                                      for b in v.bridges]
+                                                                      for b in v.bridges] + (
+            [k8s_gateway.network_policy(v)] if v.grpcGateway.enabled else [])
     if v.ingress.enabled:
         if v.ingress.kind == "gateway":
             files["httproute.yaml"] = [exposure.http_route(v)]

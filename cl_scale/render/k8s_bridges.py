@@ -16,9 +16,13 @@ from typing import Any
 
 from cl_scale.config.values import Bridge, Values
 from cl_scale.contract import APP_UID
-from cl_scale.render.k8s_common import app_name, k8s_literal, labels, metadata, redis_url, selector
+from cl_scale.render.certs import redis_mounts
+from cl_scale.render.k8s_common import app_name, k8s_literal, labels, metadata, redis_url, secret_volumes, selector
 from cl_scale.render.k8s_exposure import REDIS_CLIENT_LABEL
 
+#: Non-root; fsGroup so the 0440 certificate files of Secret volumes are readable.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID, "fsGroup": APP_UID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
 PASSWORD_KEY = {"kafka": "CL_SCALE_KAFKA_PASSWORD", "amqp": "CL_SCALE_AMQP_PASSWORD"}
 
 
@@ -73,7 +77,7 @@ def deployment(v: Values, b: Bridge) -> dict[str, Any]:
         "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *secret_volumes(redis_mounts(v))[1]],
     }
     pod_labels = {**labels(v, "bridge"), "cl-scale.io/bridge": b.name, REDIS_CLIENT_LABEL[0]: REDIS_CLIENT_LABEL[1]}
     return {
@@ -96,10 +100,9 @@ def deployment(v: Values, b: Bridge) -> dict[str, Any]:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": POD_SECURITY,
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, *secret_volumes(redis_mounts(v))[0]],
                 },
             },
         },

@@ -47,10 +47,21 @@ def chainlit_configmap_name(v: Values) -> str:
 
 def redis_url(v: Values) -> str:
     """The bundled Redis is reached through its headless Service (one ready pod)."""
+    from cl_scale.render.certs import with_redis_tls
+
     if v.redis.enabled:
         return f"redis://{redis_name(v)}:{REDIS_PORT}/0"
     assert v.redis.url  # Values guarantees it when redis.enabled is false
-    return v.redis.url
+    return with_redis_tls(v.redis.url, v)
+
+
+def secret_volumes(mounts) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(volumes, volumeMounts)`` of ``certs.CertMount`` s: only the named keys, read-only, mode 0440
+    (the pod's fsGroup can read them, others cannot)."""
+    volumes = [{"name": m.volume, "secret": {"secretName": m.secret, "defaultMode": 0o440,
+                                             "items": [{"key": key, "path": key} for key, _ in m.files]}}
+               for m in mounts]
+    return volumes, [{"name": m.volume, "mountPath": m.directory, "readOnly": True} for m in mounts]
 
 
 def affinity_cookie(v: Values) -> str:

@@ -34,6 +34,12 @@ def env_example(values: Values) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def image_extra(values: Values) -> str:
+    """The pip extra the image needs for what values run from it: ``[bridges]``, ``[grpc]``, both or none."""
+    extras = [name for name, on in (("bridges", bool(values.bridges)), ("grpc", values.grpcGateway.enabled)) if on]
+    return f"[{','.join(extras)}]" if extras else ""
+
+
 def starter_app() -> str:
     return _env().get_template("app.py.j2").render()
 
@@ -46,7 +52,7 @@ def render(values: Values, wheel: str | None = None) -> dict[str, str]:
     return {
         "Dockerfile": env.get_template("Dockerfile.j2").render(values=values, cmd=cmd, version=__version__,
                                                                wheel=wheel,
-                                                               extra="[bridges]" if values.bridges else ""),
+                                                               extra=image_extra(values)),
         ".dockerignore": env.get_template("dockerignore.j2").render(),
         ".env.example": env_example(values),
         "loadtest/README.md": env.get_template("loadtest/README.md.j2").render(values=values),

@@ -352,6 +352,11 @@ def check_env_refs(docs: list[dict], secret_keys: dict[str, set[str]], problems:
                 problems.append(f"{w['metadata']['name']}: volume ConfigMap {vol['configMap']['name']} not rendered")
             if "secret" in vol and vol["secret"]["secretName"] not in secret_keys:
                 problems.append(f"{w['metadata']['name']}: volume Secret {vol['secret']['secretName']} unknown")
+            elif "secret" in vol:
+                for item in vol["secret"].get("items", []):
+                    if item["key"] not in secret_keys[vol["secret"]["secretName"]]:
+                        problems.append(f"{w['metadata']['name']}: volume Secret {vol['secret']['secretName']} "
+                                        f"has no key {item['key']}")
 
 
 def check_services(docs: list[dict], problems: list[str]) -> dict[str, dict]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cl_scale.config.values import Values
-from cl_scale.render import k8s, k8s_bridges
+from cl_scale.render import certs, k8s, k8s_bridges
 from cl_scale.render.k8s_common import SECRET_KEYS
 from tests.render import k8s_checks as kc
 
@@ -23,7 +23,10 @@ VERSIONS = kc.validate_versions()
 # app (ingress-nginx, Traefik, Gateway API with sessionPersistence, Envoy Gateway's policy, or none).
 MATRIX = [
     # sticky,   exposure,        redis,      hpa,   tls,  extra values
-    ("cookie", "ingress-nginx", "external", False, False, {}),
+    ("cookie", "ingress-nginx", "external", False, False,
+     {"redis": {"tls": {"caSecret": "redis-ca", "clientCertSecret": "redis-client"}},
+      "grpcGateway": {"enabled": True, "serviceType": "NodePort", "clientCIDRs": ["203.0.113.0/24"],
+                      "tls": {"secretName": "gateway-tls", "clientCaSecret": "workers-ca"}}}),
     ("ip_hash", "ingress-nginx", "bundled", True, True, {}),
     ("cookie", "traefik", "bundled", False, True, {}),
     ("ip_hash", "traefik", "external", True, False, {}),
@@ -35,12 +38,15 @@ MATRIX = [
     ("cookie", "none", "external", False, False, {}),
     ("ip_hash", "ingress-nginx", "external", True, False,
      {"auth": {"existingSecret": True, "secretName": "prod.chat-secrets"}, "app": {"extraSecrets": ["llm-keys"]},
-      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False}, "redis": {"url": None, "urlFromSecret": True},
+      "pdb": {"enabled": False}, "networkPolicy": {"enabled": False},
+      "redis": {"url": None, "urlFromSecret": True, "tls": {"caSecret": "redis-ca"}},
+      "grpcGateway": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 1, "tls": {"secretName": "gw"}},
       "bridges": [{"name": "replies", "url": "kafka://kafka-0.kafka:9093,kafka-1.kafka:9093/replies?group=cl-scale"
                                              "&security_protocol=SASL_SSL&sasl_username=bridge", "replicas": 3}]}),
     ("cookie", "gateway", "bundled", False, False,
      {"name": "support-bot", "namespace": "team-a", "replicas": 5,
       "sticky": {"cookieName": "route"}, "pdb": {"maxUnavailable": "25%"},
+      "grpcGateway": {"enabled": True, "replicas": 3, "grpcPort": 443, "httpPort": 8443},
       "ingress": {"gateway": {"name": "public", "namespace": "gateways"}, "host": "*.chat.example.org"},
       "networkPolicy": {"ingressPodLabels": {"gateway.envoyproxy.io/owning-gateway-name": "public"},
                         "metricsNamespace": "monitoring"},
@@ -105,7 +111,8 @@ def secret_keys(v: Values, files: dict[str, str]) -> dict[str, set[str]]:
                | set(k8s_bridges.secret_keys(v))}
     else:
         out = {v.auth.secretName: kc.env_example_keys(files["secrets.env.example"])}
-    return {**out, **{name: set() for name in v.app.extraSecrets}}
+    tls = {m.secret: {key for key, _ in m.files} for m in [*certs.redis_mounts(v), *certs.gateway_mounts(v)]}
+    return {**out, **{name: set() for name in v.app.extraSecrets}, **tls}
 
 
 def write_dir(root: Path, files: dict[str, str]) -> Path:
@@ -154,8 +161,10 @@ def test_matrix_validates(row, tmp_path):
     assert ("StatefulSet" in kinds) is v.redis.enabled
     assert ("PodDisruptionBudget" in kinds) is v.pdb.enabled
     assert ("NetworkPolicy" in kinds) is v.networkPolicy.enabled
-    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled + len(v.bridges)) * v.networkPolicy.enabled
-    assert kinds.count("Deployment") == 1 + len(v.bridges)
+    gateway = v.grpcGateway.enabled
+    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled + len(v.bridges) + gateway) * v.networkPolicy.enabled
+    assert kinds.count("Deployment") == 1 + len(v.bridges) + gateway
+    assert kinds.count("PodDisruptionBudget") == v.pdb.enabled * (1 + (gateway and v.grpcGateway.replicas > 1))
     assert ("Ingress" in kinds) is (v.ingress.enabled and v.ingress.kind == "ingress")
     assert ("HTTPRoute" in kinds) is (v.ingress.enabled and v.ingress.kind == "gateway")
     assert ("secrets.env.example" in files) is (not v.auth.existingSecret)
@@ -165,7 +174,7 @@ def test_matrix_validates(row, tmp_path):
         assert env["CL_SCALE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "CL_SCALE_REDIS_URL"
     else:
         assert env["CL_SCALE_REDIS_URL"]["value"] == (f"redis://{v.name}-redis:6379/0" if v.redis.enabled
-                                                      else v.redis.url)
+                                                      else certs.with_redis_tls(v.redis.url, v))
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"].get("optional", False) is (not v.redis.enabled)
     ing = next((d for d in docs if d["kind"] == "Ingress"), None)
     if ing is not None:
