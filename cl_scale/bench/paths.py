@@ -307,8 +307,15 @@ def run(out_dir: Path, *, quick: bool = False, log=print) -> dict:
 
     from cl_scale.bench.brokers import RabbitNode, Tansu
     from cl_scale.ops.cluster import ProcessCluster
-    from cl_scale.ops.processes import (CL_SCALE, Proc, RedisServer, free_port, http_status, init_chainlit_files,
-                                        wait_port)
+    from cl_scale.ops.processes import (
+        CL_SCALE,
+        Proc,
+        RedisServer,
+        free_port,
+        http_status,
+        init_chainlit_files,
+        wait_port,
+    )
 
     p = params(quick)
     # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C, so the brokers, bridges, gateway and

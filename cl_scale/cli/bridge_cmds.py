@@ -84,3 +84,60 @@ def bridge_cmd(
             await pub.redis.aclose()
 
     asyncio.run(main())
+
+
+@app.command("autogen", help=(
+    "The cl-scale side of distributed AutoGen group chats: users' messages (the instances' requests "
+    "stream, CL_SCALE_PUBLISH_REQUESTS=1) published to the AutoGen host as UserTurn on the group topic, and "
+    "the agents' UiEvents written into each user's chat (topic source = Chainlit session id) through the "
+    "signed worker path. Reconnects to the host by itself. Needs `pip install 'cl-scale[autogen]'`; see "
+    "docs/autogen.md.\n\n"
+    "Examples:\n\n"
+    "  cl-scale autogen --host-address 127.0.0.1:50060\n\n"
+    "  cl-scale autogen --host-address autogen-host:50060 --health-port 9102 --health-host 0.0.0.0"))
+def autogen_cmd(
+    host_address: str = typer.Option(..., "--host-address", help="The AutoGen GrpcWorkerAgentRuntimeHost, host:port."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help=_REDIS_HELP),
+    key_id: Optional[str] = typer.Option(None, "--key-id", help="Which worker key signs."),
+    ui_topic: str = typer.Option("chainlit", help="Topic type the agents publish UiEvents on."),
+    group_topic: str = typer.Option("group_chat", help="Topic type the group chat manager listens on."),
+    consumer_group: str = typer.Option("autogen", help="Redis consumer group on the requests stream."),
+    health_port: int = typer.Option(0, help="Serve /healthz and /readyz on this port (0: off)."),
+    health_host: str = typer.Option("127.0.0.1", help="Address of the health port (0.0.0.0 in a pod)."),
+    name: Optional[str] = typer.Option(None, help="This process in `cl-scale status` and in the consumer group."),
+    prefix: Optional[str] = typer.Option(None, help=_PREFIX_HELP),
+    state_dir: Path = typer.Option(Path(".cl-scale"), help=_STATE_HELP),
+) -> None:
+    import asyncio
+    import logging
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,250}:[0-9]{1,5}", host_address):
+        raise UserError(f"--host-address {host_address[:80]!r}: must be host:port")
+    for option, value in (("--ui-topic", ui_topic), ("--group-topic", group_topic), ("--consumer-group", consumer_group),
+                          *((("--name", name),) if name is not None else ())):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", value):
+            raise UserError(f"{option} {value[:80]!r}: must be 1-100 of [A-Za-z0-9._-]")
+    if not 0 <= health_port <= 65535:
+        raise UserError(f"--health-port {health_port}: must be between 0 and 65535")
+    try:
+        from cl_scale.integrations.autogen import compat
+
+        compat.check()
+    except ImportError as exc:
+        raise UserError(f"AutoGen is not installed ({exc.name}): pip install 'cl-scale[autogen]'") from None
+    except compat.AutoGenMissing as exc:
+        raise UserError(str(exc)) from None
+    settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
+    settings.check_tls()
+    settings.signing_key()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("autogen_core", "autogen_ext", "autogen_core.events"):  # they log every message at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from cl_scale.integrations.autogen.process import serve
+
+    typer.echo(f"cl-scale autogen: AutoGen host {host_address} <-> Redis {settings.keys.prefix}:* "
+               f"(topics {group_topic!r} in, {ui_topic!r} out)", err=True)
+    asyncio.run(serve(settings, host_address, ui_topic=ui_topic, group_topic=group_topic,
+                      consumer_group=consumer_group, name=name, health_port=health_port or None,
+                      health_host=health_host))

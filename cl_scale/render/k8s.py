@@ -21,6 +21,7 @@ from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
 from cl_scale.render import k8s_bridges, k8s_gateway
 from cl_scale.render import k8s_exposure as exposure
+from cl_scale.render.certs import redis_mounts
 from cl_scale.render.k8s_common import (
     APP_UID,
     CHAINLIT_VERSION,
@@ -39,7 +40,6 @@ from cl_scale.render.k8s_common import (
     secret_volumes,
     selector,
 )
-from cl_scale.render.certs import redis_mounts
 from cl_scale.render.k8s_readme import readme
 from cl_scale.render.k8s_redis import redis_network_policy, redis_service, redis_statefulset
 

@@ -21,15 +21,14 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
         root_path: str = "") -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s [" + settings.instance_id + "] %(message)s")
+    # A taken port is one line (exit 2), before anything loads; so is a TLS mistake towards Redis
+    # (Redis merely down is not: the instance serves not-ready until it answers).
+    from cl_scale.errors import UserError
     from cl_scale.listen import bind
     from cl_scale.runtime import api
     from cl_scale.runtime.asgi import InstanceApp
     from cl_scale.runtime.chainlit import boot
     from cl_scale.runtime.instance import Instance
-
-    # A taken port is one line (exit 2), before anything loads; so is a TLS mistake towards Redis
-    # (Redis merely down is not: the instance serves not-ready until it answers).
-    from cl_scale.errors import UserError
     from cl_scale.wire.connect import tls_problem
     from cl_scale.wire.redis_url import redacted
 

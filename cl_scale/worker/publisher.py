@@ -90,10 +90,15 @@ class Publisher:
         await self.aclose()
 
     # -- public API -------------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        """Announce now (a long-running worker is listed before its first message); no-op unannounced."""
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+
     async def send(self, session_id: str, text: str, message_id: str | None = None, author: str | None = None,
                    elements: list[dict] | None = None) -> str:
         mid = message_id or m.new_id()
-        await self._publish(self._body(session_id, "message", mid, mid, text, author, elements))
+        await self._publish(self.body(session_id, "message", mid, mid, text, author, elements))
         return mid
 
     async def update(self, session_id: str, message_id: str, text: str, author: str | None = None) -> str:
@@ -110,7 +115,7 @@ class Publisher:
         for item in items:
             mid = item.get("message_id") or m.new_id()
             mids.append(mid)
-            bodies.append(self._body(item["session_id"], "message", mid, mid, item["text"], item.get("author"),
+            bodies.append(self.body(item["session_id"], "message", mid, mid, item["text"], item.get("author"),
                                      item.get("elements")))
         await self._publish(*bodies)
         return mids
@@ -131,24 +136,24 @@ class Publisher:
         """Part of one streamed message, in one round trip: ``tokens`` are tokens ``offset+1``… of
         message ``message_id``; with ``end``, the message is finished with ``text`` (default: these
         tokens joined). Several calls may extend one stream (the gateway's ``offset``)."""
-        bodies = self._stream_bodies(session_id, message_id, tokens, offset=offset, end=end, text=text, author=author)
+        bodies = self.stream_bodies(session_id, message_id, tokens, offset=offset, end=end, text=text, author=author)
         if bodies:
             await self._publish(*bodies)
         return message_id
 
     def _update_body(self, session_id: str, message_id: str, text: str, author: str | None) -> m.Body:
         """Every update is its own entry (a later update of one message is not a duplicate)."""
-        return self._body(session_id, "update", f"{message_id}:u:{m.new_id()}", message_id, text, author)
+        return self.body(session_id, "update", f"{message_id}:u:{m.new_id()}", message_id, text, author)
 
     def _remove_body(self, session_id: str, message_id: str) -> m.Body:
-        return self._body(session_id, "remove", f"{message_id}:rm", message_id, "")
+        return self.body(session_id, "remove", f"{message_id}:rm", message_id, "")
 
-    def _stream_bodies(self, session_id, message_id, tokens, *, offset, end, text, author) -> list[m.Body]:
-        bodies = [self._body(session_id, "token", f"{message_id}:{offset + i + 1}", message_id, tok, author)
+    def stream_bodies(self, session_id, message_id, tokens, *, offset, end, text, author) -> list[m.Body]:
+        bodies = [self.body(session_id, "token", f"{message_id}:{offset + i + 1}", message_id, tok, author)
                   for i, tok in enumerate(tokens) if tok]
         if end:
             full = text if text is not None else "".join(tokens)
-            bodies.append(self._body(session_id, "stream_end", f"{message_id}:end", message_id, full, author))
+            bodies.append(self.body(session_id, "stream_end", f"{message_id}:end", message_id, full, author))
         return bodies
 
     async def session_identity(self, session_id: str) -> tuple[bool, str | None, str | None]:
@@ -172,14 +177,14 @@ class Publisher:
         mid = request.id or message_id or m.new_id()
         target = request.target
         if request.kind == "message":
-            return [self._body(sid, "message", mid, mid, request.text, request.author,
+            return [self.body(sid, "message", mid, mid, request.text, request.author,
                                [e.model_dump() for e in request.elements], target) for sid in session_ids]
         (sid,) = session_ids
         if request.kind == "update":
             return [self._update_body(sid, mid, request.text, request.author)]
         if request.kind == "remove":
             return [self._remove_body(sid, mid)]
-        return self._stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
+        return self.stream_bodies(sid, mid, request.tokens, offset=request.offset, end=request.end,
                                    text=request.text, author=request.author)
 
     async def append(self, bodies: list[m.Body], key: m.WorkerKey | list[m.WorkerKey] | None = None,
@@ -220,8 +225,10 @@ class Publisher:
             await self.redis.aclose()
 
     # -- internals ----------------------------------------------------------------------------------
-    def _body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
+    def body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
               elements: list[dict] | None = None, target: m.Target | None = None) -> m.Body:
+        """One checked outbox entry (``kind``: message, token, stream_end, update, remove) for ``append``;
+        ``eid`` is its dedupe id. Raises ValueError (invalid ids/text) or MessageTooLarge."""
         if not isinstance(text, str):
             raise ValueError("text must be a string")
         try:
@@ -315,14 +322,14 @@ class Publisher:
         mid = message_id or m.new_id()
         live = await self.live_sessions(target)
         if not live:
-            body = self._body(m.NO_SESSION, "message", mid, mid, text, author, elements, target)
+            body = self.body(m.NO_SESSION, "message", mid, mid, text, author, elements, target)
             raw = m.canonical(body)
             await dead_letters.add(self.redis, self.keys.dead_letters, kid=self.kid, body=raw,
                                    sig=m.sign(self._secret, raw), code="no_live_session", session="",
                                    reason=f"no live session for {'user' if target.user else 'thread'} "
                                           f"{target.user or target.thread!r}")
             return mid
-        await self._publish(*[self._body(sid, "message", mid, mid, text, author, elements, target) for sid in live])
+        await self._publish(*[self.body(sid, "message", mid, mid, text, author, elements, target) for sid in live])
         return mid
 
 

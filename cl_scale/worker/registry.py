@@ -28,7 +28,7 @@ from cl_scale.wire.keyspace import Keyspace
 
 log = logging.getLogger("cl_scale.worker")
 
-KINDS = ("sdk", "gateway", "grpc-client", "http-client", "bridge")
+KINDS = ("sdk", "gateway", "grpc-client", "http-client", "bridge", "autogen")
 #: Default seconds between two heartbeats.
 INTERVAL = 5.0
 #: Stale after this many intervals without a beat (one late beat is not an outage).

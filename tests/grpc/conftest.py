@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cl_scale.ops.processes import CL_SCALE, Proc, free_port, wait_port
+from tests.worker.helpers import final_texts  # noqa: F401 (the gRPC tests import it from here)
 
 TOKENS = "t1:token-one-0123456789,t2:token-two-0123456789;users=alice"
 KEYS = "k1:secret-one"
@@ -61,22 +62,6 @@ def stubs():
     from cl_scale.gateway.grpc_gateway import stubs as load
 
     return load()
-
-
-def final_texts(client) -> dict[str, str]:
-    """What the chat shows per message id after every event (new, streamed, updated, removed)."""
-    shown: dict[str, str] = {}
-    for _, event, data in client.events:
-        if not isinstance(data, dict):
-            continue
-        mid = data.get("id")
-        if event in ("new_message", "stream_start", "update_message"):
-            shown[mid] = data.get("output", "")
-        elif event == "stream_token" and mid in shown:
-            shown[mid] = data.get("token", "") if data.get("isSequence") else shown[mid] + data.get("token", "")
-        elif event == "delete_message":
-            shown.pop(mid, None)
-    return shown
 
 
 NODE_DIR = __import__("pathlib").Path(__file__).with_name("node")

@@ -4,7 +4,6 @@ worker delivery work; a wrong CA is a clear start-up error, not a hang."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 

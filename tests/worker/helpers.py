@@ -86,3 +86,19 @@ def signed(session_id: str, secret: bytes, *, kid: str = "k1", text: str = "w", 
                   ts=ts if ts is not None else time.time(), content=text, **extra)
     raw = p.canonical(body)
     return {"kid": kid, "body": raw, "sig": p.sign(secret, raw)}
+
+
+def final_texts(client) -> dict[str, str]:
+    """What the chat shows per message id after every event (new, streamed, updated, removed)."""
+    shown: dict[str, str] = {}
+    for _, event, data in client.events:
+        if not isinstance(data, dict):
+            continue
+        mid = data.get("id")
+        if event in ("new_message", "stream_start", "update_message"):
+            shown[mid] = data.get("output", "")
+        elif event == "stream_token" and mid in shown:
+            shown[mid] = data.get("token", "") if data.get("isSequence") else shown[mid] + data.get("token", "")
+        elif event == "delete_message":
+            shown.pop(mid, None)
+    return shown

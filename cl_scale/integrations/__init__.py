@@ -1,0 +1,1 @@
+"""Integrations of cl-scale's worker path with agent frameworks (each behind its own pip extra)."""
