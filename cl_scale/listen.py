@@ -8,11 +8,13 @@ import socket
 from cl_scale.errors import UserError
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, option: str | None = None) -> socket.socket:
+    """A listening socket on ``host:port``; a bad host or a taken port is a ``UserError`` naming the option
+    (``--host``/``--port``, or ``option`` when one flag holds both)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError):
-        raise UserError(f"--host {host[:80]!r}: not an address this machine can listen on") from None
+        raise UserError(f"{option or '--host'} {host[:80]!r}: not an address this machine can listen on") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -21,7 +23,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         why = "already in use" if exc.errno == 98 else (exc.strerror or exc.__class__.__name__)
-        raise UserError(f"--port {port}: cannot listen on {host}:{port} ({why})") from None
+        raise UserError(f"{option or f'--port {port}'}: cannot listen on {host}:{port} ({why})") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

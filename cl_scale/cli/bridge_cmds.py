@@ -120,14 +120,7 @@ def autogen_cmd(
             raise UserError(f"{option} {value[:80]!r}: must be 1-100 of [A-Za-z0-9._-]")
     if not 0 <= health_port <= 65535:
         raise UserError(f"--health-port {health_port}: must be between 0 and 65535")
-    try:
-        from cl_scale.integrations.autogen import compat
-
-        compat.check()
-    except ImportError as exc:
-        raise UserError(f"AutoGen is not installed ({exc.name}): pip install 'cl-scale[autogen]'") from None
-    except compat.AutoGenMissing as exc:
-        raise UserError(str(exc)) from None
+    _autogen_check()
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
     settings.check_tls()
     settings.signing_key()
@@ -141,3 +134,38 @@ def autogen_cmd(
     asyncio.run(serve(settings, host_address, ui_topic=ui_topic, group_topic=group_topic,
                       consumer_group=consumer_group, name=name, health_port=health_port or None,
                       health_host=health_host))
+
+
+@app.command("autogen-host", help=(
+    "Run AutoGen's gRPC runtime host (GrpcWorkerAgentRuntimeHost), the hub the agent processes and "
+    "`cl-scale autogen` connect to. It keeps registrations in memory; after a restart they register "
+    "again by themselves (cl_scale.integrations.autogen.stay_connected).\n\n"
+    "Examples:\n\n"
+    "  cl-scale autogen-host --address 127.0.0.1:50060\n\n"
+    "  cl-scale autogen-host --address 0.0.0.0:50060"))
+def autogen_host_cmd(address: str = typer.Option("127.0.0.1:50060", "--address", help="host:port to listen on.")) -> None:
+    import asyncio
+    import re
+
+    from cl_scale.listen import bind
+
+    m = re.fullmatch(r"([A-Za-z0-9.\-\[\]:]{1,250}):([0-9]{1,5})", address)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise UserError(f"--address {address[:80]!r}: must be host:port")
+    _autogen_check()
+    bind(m.group(1).strip("[]"), int(m.group(2)), option=f"--address {address}").close()  # a taken port is one line, not a gRPC traceback
+    from cl_scale.integrations.autogen.process import serve_host
+
+    typer.echo(f"cl-scale autogen-host: listening on {address}", err=True)
+    asyncio.run(serve_host(address))
+
+
+def _autogen_check() -> None:
+    try:
+        from cl_scale.integrations.autogen import compat
+
+        compat.check()
+    except ImportError as exc:
+        raise UserError(f"AutoGen is not installed ({exc.name}): pip install 'cl-scale[autogen]'") from None
+    except compat.AutoGenMissing as exc:
+        raise UserError(str(exc)) from None

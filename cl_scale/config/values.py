@@ -230,6 +230,18 @@ def _env(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
+def _process_env(v: dict[str, str]) -> dict[str, str]:
+    """Env of a process other than the app (the key path comes from where the dict is)."""
+    for key, value in v.items():
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"{key[:80]!r}: env var names must match [A-Za-z_][A-Za-z0-9_]*")
+        if (why := reserved_env_reason(key)) is not None and "secret" in why:
+            raise ValueError(f"{key}: is {why}")
+        if "\x00" in value:
+            raise ValueError(f"{key}: must not contain NUL")
+    return v
+
+
 def _resources(v: dict[str, str]) -> dict[str, str]:
     for key, value in v.items():
         if not _K8S_RESOURCE.match(key):
@@ -599,6 +611,48 @@ class GrpcGateway(_Model):
         return self
 
 
+class AutogenAgent(_Model):
+    name: Annotated[str, AfterValidator(_dns_label), AfterValidator(_short_name)] = Field(
+        ..., description="DNS-1123 label: k8s Deployment <name>-autogen-<this> / compose service autogen-<this>.")
+    command: Annotated[list[Annotated[Str, StringConstraints(min_length=1, max_length=1000)]],
+                       Field(min_length=1, max_length=50)] = Field(
+        ..., description="The agent process, e.g. [python, agents.py, writer]; it reaches the host at "
+                         "$CL_SCALE_AUTOGEN_HOST (host:port).")
+    image: Image | None = Field(None, description="Image of this agent (null: app.image).")
+    replicas: Annotated[StrictInt, _int_range(1, 10)] = Field(
+        1, description="AutoGen gives an agent type to one process at a time: extra replicas wait as warm "
+                       "standbys and take over when it goes (stay_connected).")
+    env: Annotated[dict[str, Str], AfterValidator(_process_env)] = Field(
+        default_factory=dict, description="Non-secret env vars of this agent (its model keys: app.extraSecrets).")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
+        description="Container resources.")
+
+
+class Autogen(_Model):
+    enabled: StrictBool = Field(
+        False, description="Distributed AutoGen group chats (docs/autogen.md): the AutoGen host "
+                           "(`cl-scale autogen-host`), `cl-scale autogen` (users' messages in, agents' "
+                           "output into their chats) and the agents below; instances publish users' messages.")
+    hostPort: Port = Field(50060, description="gRPC port of the AutoGen host (Service <name>-autogen-host).")
+    bridgeReplicas: Annotated[StrictInt, _int_range(1, 3)] = Field(
+        1, description="`cl-scale autogen` processes (one serves, the others wait as standbys).")
+    healthPort: Port = Field(9102, description="`cl-scale autogen`'s /healthz and /readyz (probes).")
+    agents: list[AutogenAgent] = Field(
+        default_factory=list, max_length=20,
+        description="Agent processes (manager and participants), each a Deployment (k8s) / service (compose).")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Autogen":
+        names = [a.name for a in self.agents]
+        for i, agent in enumerate(self.agents):
+            if agent.name in names[:i]:
+                raise FieldError(f"autogen.agents[{i}].name", agent.name, "given twice")
+        if self.healthPort == self.hostPort:
+            raise FieldError("autogen.healthPort", self.healthPort, "must differ from autogen.hostPort")
+        return self
+
+
 class Values(_Model):
     """Root of ``cl-scale.yaml``."""
 
@@ -626,6 +680,7 @@ class Values(_Model):
     bridges: list[Bridge] = Field(
         default_factory=list, max_length=20,
         description="Broker bridges (Kafka/RabbitMQ into chats): a Deployment (k8s) / service (compose) each.")
+    autogen: Autogen = Field(default_factory=Autogen, description="Distributed AutoGen group chats.")
     grpcGateway: GrpcGateway = Field(default_factory=GrpcGateway,
                                      description="The standalone worker gateway (gRPC + HTTP): Deployment + Service "
                                                  "(k8s) / service (compose).")

@@ -83,6 +83,7 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
         "CL_SCALE_SESSION_TIMEOUT": str(a.sessionTimeout),
         "CL_SCALE_DRAIN_SECONDS": str(values.drain.seconds),
         "CL_SCALE_WEBSOCKET_ONLY": "true" if values.websocketOnly else "false",
+        **({"CL_SCALE_PUBLISH_REQUESTS": "true"} if values.autogen.enabled else {}),
     })
     probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"
     service: dict[str, Any] = {
@@ -191,6 +192,43 @@ def _gateway_service(values: Values) -> dict[str, Any]:
     return service
 
 
+def _autogen_services(values: Values) -> dict[str, dict[str, Any]]:
+    """The AutoGen host, ``cl-scale autogen`` and each agent, from their images; the host is reached at
+    ``autogen-host:<hostPort>`` on the compose network (never published on the host)."""
+    a = values.autogen
+    address = f"autogen-host:{a.hostPort}"
+    def base() -> dict[str, Any]:
+        return {"user": APP_UID, "read_only": True, "tmpfs": ["/tmp:mode=1777"], "restart": "unless-stopped"}
+
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{a.healthPort}/readyz', timeout=3)"
+    services: dict[str, dict[str, Any]] = {
+        "autogen-host": {"image": _lit(values.app.image), "entrypoint": ["cl-scale"],
+                         "command": ["autogen-host", "--address", f"0.0.0.0:{a.hostPort}"],
+                         "environment": {"HOME": "/tmp"}, "expose": [str(a.hostPort)], **base()},
+        "autogen": {"image": _lit(values.app.image), "entrypoint": ["cl-scale"],
+                    "command": ["autogen", "--host-address", address, "--health-host", "0.0.0.0",
+                                "--health-port", str(a.healthPort), "--name", "autogen"],
+                    "env_file": [".env"],  # REDIS_PASSWORD, CL_SCALE_WORKER_KEYS (the first key signs)
+                    "environment": {"CL_SCALE_REDIS_URL": _redis_url(values), "HOME": "/tmp"},
+                    "healthcheck": {"test": ["CMD", "python", "-c", probe], "interval": "10s", "timeout": "5s",
+                                    "retries": 3, "start_period": "20s"},
+                    "depends_on": {"autogen-host": {"condition": "service_started"},
+                                   **({"redis": {"condition": "service_healthy"}} if values.redis.enabled else {})},
+                    **base()},
+    }
+    if redis_mounts(values):
+        services["autogen"]["secrets"] = _secrets(redis_mounts(values))
+    for agent in a.agents:
+        env = {_lit(k): _lit(v) for k, v in agent.env.items()}
+        services[f"autogen-{agent.name}"] = {
+            "image": _lit(agent.image or values.app.image), "entrypoint": [_lit(c) for c in agent.command],
+            "env_file": [".env"],  # the agents' model keys live in .env too
+            "environment": {**env, "CL_SCALE_AUTOGEN_HOST": address, "HOME": "/tmp"},
+            "depends_on": {"autogen-host": {"condition": "service_started"}},
+            **({"deploy": {"replicas": agent.replicas}} if agent.replicas > 1 else {}), **base()}
+    return services
+
+
 def compose_dict(values: Values) -> dict[str, Any]:
     services: dict[str, Any] = {}
     if values.redis.enabled:
@@ -202,6 +240,8 @@ def compose_dict(values: Values) -> dict[str, Any]:
         services[f"bridge-{bridge.name}"] = _bridge_service(values, bridge)
     if values.grpcGateway.enabled:
         services["gateway"] = _gateway_service(values)
+    if values.autogen.enabled:
+        services.update(_autogen_services(values))
     doc: dict[str, Any] = {"name": values.name, "services": services}
     if values.redis.enabled:
         doc["volumes"] = {"redis-data": {}}

@@ -19,7 +19,7 @@ from typing import Any
 
 from cl_scale.config.values import Values
 from cl_scale.errors import ConfigError
-from cl_scale.render import k8s_bridges, k8s_gateway
+from cl_scale.render import k8s_autogen, k8s_bridges, k8s_gateway
 from cl_scale.render import k8s_exposure as exposure
 from cl_scale.render.certs import redis_mounts
 from cl_scale.render.k8s_common import (
@@ -71,6 +71,8 @@ def env_config_map(v: Values) -> dict[str, Any]:
         "CL_SCALE_ADMIN_PORT": str(v.app.adminPort),
         "CL_SCALE_WEBSOCKET_ONLY": "true" if v.websocketOnly else "false",
     }
+    if v.autogen.enabled:  # users' messages into the requests stream, where cl-scale autogen reads them
+        data["CL_SCALE_PUBLISH_REQUESTS"] = "true"
     data.update({key: str(value) for key, value in v.app.env.items()})
     return {
         "apiVersion": "v1",
@@ -359,6 +361,8 @@ def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
         files["pdb.yaml"] = [pdb(v)]
     if v.bridges:
         files["bridges.yaml"] = [k8s_bridges.deployment(v, b) for b in v.bridges]
+    if v.autogen.enabled:
+        files["autogen.yaml"] = k8s_autogen.objects(v)
     if v.grpcGateway.enabled:
         files["grpc-gateway.yaml"] = [k8s_gateway.service(v), k8s_gateway.deployment(v)] + (
             [k8s_gateway.pdb(v)] if v.pdb.enabled and v.grpcGateway.replicas > 1 else [])
@@ -366,7 +370,8 @@ def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
         files["networkpolicy.yaml"] = [exposure.app_network_policy(v)] + (
             [redis_network_policy(v)] if v.redis.enabled else []) + [k8s_bridges.network_policy(v, b)
                                                                       for b in v.bridges] + (
-            [k8s_gateway.network_policy(v)] if v.grpcGateway.enabled else [])
+            [k8s_gateway.network_policy(v)] if v.grpcGateway.enabled else []) + (
+            k8s_autogen.network_policies(v) if v.autogen.enabled else [])
     if v.ingress.enabled:
         if v.ingress.kind == "gateway":
             files["httproute.yaml"] = [exposure.http_route(v)]

@@ -35,8 +35,9 @@ def env_example(values: Values) -> str:
 
 
 def image_extra(values: Values) -> str:
-    """The pip extra the image needs for what values run from it: ``[bridges]``, ``[grpc]``, both or none."""
-    extras = [name for name, on in (("bridges", bool(values.bridges)), ("grpc", values.grpcGateway.enabled)) if on]
+    """The pip extras the image needs for what values run from it (``[autogen,bridges,grpc]``, some, or none)."""
+    extras = [name for name, on in (("autogen", values.autogen.enabled), ("bridges", bool(values.bridges)),
+                                    ("grpc", values.grpcGateway.enabled)) if on]
     return f"[{','.join(extras)}]" if extras else ""
 
 

@@ -121,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("role", choices=["host", "manager", *AGENTS, "all"])
     parser.add_argument("--address", default="127.0.0.1:50060", help="host: where to listen")
-    parser.add_argument("--host", default="127.0.0.1:50060", help="agents: the host's address")
+    parser.add_argument("--host", default=os.environ.get("CL_SCALE_AUTOGEN_HOST", "127.0.0.1:50060"),
+                        help="agents: the host's address (default: $CL_SCALE_AUTOGEN_HOST, as rendered)")
     parser.add_argument("--rounds", type=int, default=3, help="manager: turns per user message")
     parser.add_argument("--silence", type=float, default=10.0, help="manager: seconds before a silent turn is retried")
     parser.add_argument("--beat", type=float, default=1.0, help="agents: seconds between 'still speaking' beats")

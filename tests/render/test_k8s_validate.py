@@ -41,12 +41,17 @@ MATRIX = [
       "pdb": {"enabled": False}, "networkPolicy": {"enabled": False},
       "redis": {"url": None, "urlFromSecret": True, "tls": {"caSecret": "redis-ca"}},
       "grpcGateway": {"enabled": True, "serviceType": "LoadBalancer", "replicas": 1, "tls": {"secretName": "gw"}},
+      "autogen": {"enabled": True, "agents": [{"name": "team", "command": ["python", "-m", "team"]}]},
       "bridges": [{"name": "replies", "url": "kafka://kafka-0.kafka:9093,kafka-1.kafka:9093/replies?group=cl-scale"
                                              "&security_protocol=SASL_SSL&sasl_username=bridge", "replicas": 3}]}),
     ("cookie", "gateway", "bundled", False, False,
      {"name": "support-bot", "namespace": "team-a", "replicas": 5,
       "sticky": {"cookieName": "route"}, "pdb": {"maxUnavailable": "25%"},
       "grpcGateway": {"enabled": True, "replicas": 3, "grpcPort": 443, "httpPort": 8443},
+      "autogen": {"enabled": True, "bridgeReplicas": 2, "agents": [
+          {"name": "manager", "command": ["python", "agents.py", "manager"]},
+          {"name": "writer", "command": ["python", "agents.py", "writer"], "replicas": 2, "env": {"X": "$(Y)"},
+           "image": "ghcr.io/acme/agents:1.2"}]},
       "ingress": {"gateway": {"name": "public", "namespace": "gateways"}, "host": "*.chat.example.org"},
       "networkPolicy": {"ingressPodLabels": {"gateway.envoyproxy.io/owning-gateway-name": "public"},
                         "metricsNamespace": "monitoring"},
@@ -161,9 +166,10 @@ def test_matrix_validates(row, tmp_path):
     assert ("StatefulSet" in kinds) is v.redis.enabled
     assert ("PodDisruptionBudget" in kinds) is v.pdb.enabled
     assert ("NetworkPolicy" in kinds) is v.networkPolicy.enabled
-    gateway = v.grpcGateway.enabled
-    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled + len(v.bridges) + gateway) * v.networkPolicy.enabled
-    assert kinds.count("Deployment") == 1 + len(v.bridges) + gateway
+    gateway, autogen = v.grpcGateway.enabled, v.autogen.enabled
+    assert kinds.count("NetworkPolicy") == (1 + v.redis.enabled + len(v.bridges) + gateway + 3 * autogen) \
+        * v.networkPolicy.enabled
+    assert kinds.count("Deployment") == 1 + len(v.bridges) + gateway + autogen * (2 + len(v.autogen.agents))
     assert kinds.count("PodDisruptionBudget") == v.pdb.enabled * (1 + (gateway and v.grpcGateway.replicas > 1))
     assert ("Ingress" in kinds) is (v.ingress.enabled and v.ingress.kind == "ingress")
     assert ("HTTPRoute" in kinds) is (v.ingress.enabled and v.ingress.kind == "gateway")

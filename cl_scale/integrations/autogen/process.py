@@ -22,6 +22,8 @@ from cl_scale.integrations.autogen.messages import GROUP_TOPIC, SINK_TYPE, UI_TO
 log = logging.getLogger("cl_scale.autogen")
 
 Setup = Callable[[object], Awaitable[None]]
+#: How often a standby asks the host for the agent type another process holds (its take-over delay).
+STANDBY_SECONDS = 0.5
 
 
 class Connection:
@@ -31,6 +33,8 @@ class Connection:
         self.runtime = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        #: the host answered but gave our agent type to another process: we wait to take over
+        self.standby = False
 
     async def publish(self, message, topic) -> None:
         await self.connected.wait()
@@ -52,13 +56,19 @@ async def stay_connected(host_address: str, setup: Setup, stopping: asyncio.Even
             await runtime.start()
             await setup(runtime)
         except Exception as exc:  # host not there yet, or it refused a registration
-            log.warning("AutoGen host %s: cannot connect (%s); retrying in %.1fs", host_address,
-                        exc.__class__.__name__, delay)
+            taken = "already registered" in str(exc)
+            if taken and not conn.standby:
+                log.warning("AutoGen host %s: another process serves this agent type; standing by", host_address)
+            elif not taken:
+                log.warning("AutoGen host %s: cannot connect (%s); retrying in %.1fs", host_address,
+                            exc.__class__.__name__, delay)
+            conn.standby = taken
             await _stop(runtime)
-            await _wait(stopping, delay)
+            await _wait(stopping, STANDBY_SECONDS if taken else delay)
             delay = min(delay * 2, max_delay)
             continue
         delay = 0.2
+        conn.standby = False
         conn.runtime = runtime
         conn.connected.set()
         log.info("AutoGen host %s: connected", host_address)
@@ -101,6 +111,26 @@ def setup_sink(publisher, *, ui_topic: str = UI_TOPIC, **sink_options) -> Setup:
     return setup
 
 
+async def serve_host(address: str, stopping: asyncio.Event | None = None) -> None:
+    """``cl-scale autogen-host``: AutoGen's ``GrpcWorkerAgentRuntimeHost`` on ``address`` until SIGTERM/SIGINT
+    (or ``stopping``). It keeps registrations in memory: after a restart, ``stay_connected`` processes
+    register again by themselves."""
+    import signal
+
+    from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntimeHost
+
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    host = GrpcWorkerAgentRuntimeHost(address=address)
+    host.start()
+    try:
+        await stopping.wait()
+    finally:
+        await host.stop(grace=1)
+
+
 async def serve(settings, host_address: str, *, ui_topic: str = UI_TOPIC, group_topic: str = GROUP_TOPIC,
                 consumer_group: str = "autogen", name: str | None = None, health_port: int | None = None,
                 health_host: str = "127.0.0.1", stopping: asyncio.Event | None = None) -> None:
@@ -127,7 +157,7 @@ async def serve(settings, host_address: str, *, ui_topic: str = UI_TOPIC, group_
                   group_topic=group_topic)
     web = await _health(health_host, health_port, conn, pub) if health_port else None
     tasks = [asyncio.ensure_future(stay_connected(host_address, setup_sink(pub, ui_topic=ui_topic), stopping, conn)),
-             asyncio.ensure_future(relay.run(stopping))]
+             asyncio.ensure_future(relay.run(stopping, conn.connected))]
     pub.start_heartbeat()
     try:
         await stopping.wait()
@@ -152,9 +182,10 @@ async def _health(host: str, port: int, conn: Connection, pub):
             redis_ok = True
         except Exception:  # noqa: BLE001 - any failure is "not ready"
             redis_ok = False
-        ok = redis_ok and conn.connected.is_set()
-        return web.json_response({"ready": ok, "autogen": conn.connected.is_set(), "redis": redis_ok},
-                                 status=200 if ok else 503)
+        # a standby is ready too: it is what takes over (a rollout must not wait for the old pod to go)
+        ok = redis_ok and (conn.connected.is_set() or conn.standby)
+        return web.json_response({"ready": ok, "autogen": conn.connected.is_set(), "standby": conn.standby,
+                                  "redis": redis_ok}, status=200 if ok else 503)
 
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])

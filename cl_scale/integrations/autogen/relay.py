@@ -52,11 +52,16 @@ class Relay:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Relay until ``stopping`` is set; Redis outages are waited out (nothing is acknowledged unsent)."""
+    async def run(self, stopping: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Relay until ``stopping`` is set, reading only while ``ready`` is set (connected to the host: a
+        standby leaves the stream to the relay that can publish); Redis outages are waited out (nothing
+        is acknowledged unsent)."""
         delay = 0.2
         pending = True  # first our own unacknowledged entries (a crash mid-batch), then new ones
         while not stopping.is_set():
+            if ready is not None and not ready.is_set():
+                await _either(ready, stopping)
+                continue
             try:
                 await self.ensure_group()
                 got = await self.redis.xreadgroup(self.group, self.consumer, {self.keys.requests: "0" if pending else ">"},
@@ -86,3 +91,10 @@ class Relay:
             await self.publish()(turn, TopicId(self.group_topic, sid))
             self.relayed += 1
         await self.redis.xack(self.keys.requests, self.group, eid)
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
