@@ -74,10 +74,10 @@ def measure(n: int = 3000) -> dict:
         raw_json, raw_pb = m.canonical(body), _to_pb(body)
         assert _from_pb(raw_pb) == body and m.Body.model_validate_json(raw_json) == body
         out[name] = {
-            "json": {"encode_us": _timed(lambda: m.canonical(body), n),
-                     "decode_us": _timed(lambda: m.Body.model_validate_json(raw_json), n), "bytes": len(raw_json)},
-            "protobuf": {"encode_us": _timed(lambda: _to_pb(body), n), "decode_us": _timed(lambda: _from_pb(raw_pb), n),
-                         "bytes": len(raw_pb)},
+            "json": {"encode_us": _timed(lambda b=body: m.canonical(b), n),
+                     "decode_us": _timed(lambda r=raw_json: m.Body.model_validate_json(r), n), "bytes": len(raw_json)},
+            "protobuf": {"encode_us": _timed(lambda b=body: _to_pb(b), n),
+                         "decode_us": _timed(lambda r=raw_pb: _from_pb(r), n), "bytes": len(raw_pb)},
         }
     return out
 

@@ -230,18 +230,6 @@ def _env(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
-def _process_env(v: dict[str, str]) -> dict[str, str]:
-    """Env of a process other than the app (the key path comes from where the dict is)."""
-    for key, value in v.items():
-        if not _ENV_KEY.match(key):
-            raise ValueError(f"{key[:80]!r}: env var names must match [A-Za-z_][A-Za-z0-9_]*")
-        if (why := reserved_env_reason(key)) is not None and "secret" in why:
-            raise ValueError(f"{key}: is {why}")
-        if "\x00" in value:
-            raise ValueError(f"{key}: must not contain NUL")
-    return v
-
-
 def _resources(v: dict[str, str]) -> dict[str, str]:
     for key, value in v.items():
         if not _K8S_RESOURCE.match(key):
@@ -622,7 +610,7 @@ class AutogenAgent(_Model):
     replicas: Annotated[StrictInt, _int_range(1, 10)] = Field(
         1, description="AutoGen gives an agent type to one process at a time: extra replicas wait as warm "
                        "standbys and take over when it goes (stay_connected).")
-    env: Annotated[dict[str, Str], AfterValidator(_process_env)] = Field(
+    env: dict[str, Str] = Field(
         default_factory=dict, description="Non-secret env vars of this agent (its model keys: app.extraSecrets).")
     resources: Resources = Field(
         default_factory=lambda: Resources(requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}),
@@ -648,6 +636,14 @@ class Autogen(_Model):
         for i, agent in enumerate(self.agents):
             if agent.name in names[:i]:
                 raise FieldError(f"autogen.agents[{i}].name", agent.name, "given twice")
+            for key, value in agent.env.items():  # values never shown: one may be a misplaced secret
+                where = f"autogen.agents[{i}].env.{key[:80]}"
+                if not _ENV_KEY.match(key):
+                    raise FieldError(where, "<hidden>", "env var names must match [A-Za-z_][A-Za-z0-9_]*")
+                if (why := reserved_env_reason(key)) is not None and "secret" in why:
+                    raise FieldError(where, "<hidden>", f"is {why}")
+                if "\x00" in value:
+                    raise FieldError(where, "<hidden>", "must not contain NUL")
         if self.healthPort == self.hostPort:
             raise FieldError("autogen.healthPort", self.healthPort, "must differ from autogen.hostPort")
         return self
