@@ -82,13 +82,16 @@ class Body(BaseModel):
     v: Literal[1] = 1
     eid: EntryId
     mid: MessageId
-    kind: Literal["message", "token", "stream_end", "update", "remove"]
+    kind: Literal["message", "token", "stream_end", "update", "remove", "step"]
     session: SessionId
     target: Target
     ts: float = Field(allow_inf_nan=False)
     author: Author = "Worker"
     content: str = Field(default="", max_length=MAX_BYTES)
     elements: list[Element] = Field(default_factory=list, max_length=20)
+    #: ``step`` only: what the tool was called with (``content`` is what it returned). None is left out of
+    #: the canonical JSON, so bodies without it sign exactly as before.
+    input: str | None = Field(default=None, max_length=MAX_BYTES)
 
 
 def new_id() -> str:

@@ -226,21 +226,24 @@ class Publisher:
 
     # -- internals ----------------------------------------------------------------------------------
     def body(self, session_id: str, kind: str, eid: str, mid: str, text: str, author: str | None = None,
-              elements: list[dict] | None = None, target: m.Target | None = None) -> m.Body:
+              elements: list[dict] | None = None, target: m.Target | None = None, input: str | None = None) -> m.Body:
         """One checked outbox entry (``kind``: message, token, stream_end, update, remove) for ``append``;
-        ``eid`` is its dedupe id. Raises ValueError (invalid ids/text) or MessageTooLarge."""
+        ``eid`` is its dedupe id; ``step`` entries carry the tool's ``input``. Raises ValueError (invalid
+        ids/text) or MessageTooLarge."""
         if not isinstance(text, str):
             raise ValueError("text must be a string")
         try:
             size = len(text.encode())
         except UnicodeEncodeError:
             raise ValueError("text: not valid UTF-8") from None
+        size += len((input or "").encode(errors="replace"))
         if size > self.max_bytes:
             raise MessageTooLarge(f"message {mid[:80]}: {size} bytes (max {self.max_bytes})")
         try:
             return m.Body(eid=eid, mid=mid, kind=kind, session=session_id,
                           target=target or m.Target(session=session_id), ts=time.time(),
-                          author=author or self.author, content=text, elements=[m.Element(**e) for e in elements or []])
+                          author=author or self.author, content=text, elements=[m.Element(**e) for e in elements or []],
+                          input=input)
         except ValidationError as exc:
             raise ValueError(m.first_error(exc)) from None
 

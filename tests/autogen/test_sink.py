@@ -109,3 +109,61 @@ async def test_the_same_chat_on_the_single_process_runtime(cluster, autogen_app)
         await rt.stop()
         await pub.aclose()
         await c.close()
+
+
+async def test_tool_calls_show_as_chainlit_steps(cluster, autogen_app):
+    """An agent whose model calls a tool: the call runs, shows in the chat as a Chainlit step (arguments
+    in, result out), and the model's answer after it is the turn."""
+    from autogen_core import FunctionCall, SingleThreadedAgentRuntime, TypeSubscription
+    from autogen_core.models import CreateResult, RequestUsage
+    from autogen_core.tools import FunctionTool
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+
+    from cl_scale.integrations.autogen import (
+        GROUP_TOPIC,
+        MANAGER_TYPE,
+        GroupChatAgent,
+        GroupChatManager,
+        Relay,
+        setup_sink,
+    )
+    from cl_scale.worker.publisher import Publisher
+
+    def word_count(text: str) -> int:
+        """Count the words of a text."""
+        return len(text.split())
+
+    call = CreateResult(content=[FunctionCall(id="c1", name="word_count", arguments='{"text": "one two three"}')],
+                        finish_reason="function_calls", usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
+                        cached=False)
+    (inst,) = cluster.start(1, app=autogen_app, env=INSTANCE_ENV).instances
+    kid, secret = KEYS.split(":")
+    pub = Publisher(cluster.redis_url, kid, secret, announce=None)
+    rt = SingleThreadedAgentRuntime()
+    await GroupChatManager.register(rt, MANAGER_TYPE, lambda: GroupChatManager(["counter"], rounds=1))
+    await rt.add_subscription(TypeSubscription(topic_type=GROUP_TOPIC, agent_type=MANAGER_TYPE))
+    await GroupChatAgent.register(rt, "counter", lambda: GroupChatAgent(
+        "Counter", "Count words.", lambda: ReplayChatCompletionClient([call, "The text has 3 words."]),
+        tools=[FunctionTool(word_count, description="Count the words of a text.")]))
+    await rt.add_subscription(TypeSubscription(topic_type="counter", agent_type="counter"))
+    await setup_sink(pub)(rt)
+    stopping = asyncio.Event()
+    relay = Relay(pub.redis, pub.keys, lambda: rt.publish_message, consumer="single")
+    rt.start()
+    task = asyncio.ensure_future(relay.run(stopping))
+    c = ChainlitClient(inst.url, reconnection=False)
+    await c.connect()
+    try:
+        await c.send("count please")
+        await c.wait_for(lambda: any(t[3] == "The text has 3 words." for t in turns(c)), 30)
+        steps = [d for _, e, d in c.events if e == "new_message" and isinstance(d, dict) and d.get("type") == "tool"]
+        assert len(steps) == 1, steps
+        assert steps[0]["name"] == "word_count" and steps[0]["output"] == "3"
+        assert steps[0]["input"] == '{"text": "one two three"}'
+        assert [t[2:] for t in turns(c)] == [("Counter", "The text has 3 words.")]
+    finally:
+        stopping.set()
+        await task
+        await rt.stop()
+        await pub.aclose()
+        await c.close()

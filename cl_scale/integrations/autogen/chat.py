@@ -13,19 +13,23 @@ the chat that the group chat stopped. A chat never stalls silently.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from typing import Callable, Sequence
 
-from autogen_core import MessageContext, RoutedAgent, TopicId, message_handler
+from autogen_core import FunctionCall, MessageContext, RoutedAgent, TopicId, message_handler
 from autogen_core.models import (
     AssistantMessage,
     ChatCompletionClient,
     CreateResult,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
     LLMMessage,
     SystemMessage,
     UserMessage,
 )
+from autogen_core.tools import Tool
 
 from cl_scale.integrations.autogen.messages import (
     GROUP_TOPIC,
@@ -161,15 +165,19 @@ class GroupChatAgent(RoutedAgent):
         once per session (``ReplayChatCompletionClient`` keeps a position: one per session).
     :param beat_seconds: ``Speaking`` heartbeat interval while generating (keep it below the manager's
         ``silence_seconds``).
+    :param tools: AutoGen tools (``FunctionTool`` ...) the model may call; each call is run here and shown
+        in the chat as a Chainlit step (arguments in, result out), then the model continues.
+    :param max_tool_rounds: model calls per turn at most (a model that keeps calling tools is cut off).
     """
 
     def __init__(self, name: str, system_message: str,
                  model_client: ChatCompletionClient | Callable[[], ChatCompletionClient], *,
-                 beat_seconds: float = 2.0, group_topic: str = GROUP_TOPIC, ui_topic: str = UI_TOPIC,
-                 description: str | None = None):
+                 tools: Sequence[Tool] = (), max_tool_rounds: int = 5, beat_seconds: float = 2.0,
+                 group_topic: str = GROUP_TOPIC, ui_topic: str = UI_TOPIC, description: str | None = None):
         super().__init__(description or f"group chat participant {name}")
         self.name, self.system_message = name, system_message
         self.model_client = model_client if isinstance(model_client, ChatCompletionClient) else model_client()
+        self.tools, self.max_tool_rounds = {t.name: t for t in tools}, max_tool_rounds
         self.beat_seconds, self.group_topic, self.ui_topic = beat_seconds, group_topic, ui_topic
 
     def prompt(self, history: list[Line]) -> list[LLMMessage]:
@@ -186,23 +194,51 @@ class GroupChatAgent(RoutedAgent):
         ui, group = TopicId(self.ui_topic, session), TopicId(self.group_topic, session)
         which = dict(chat=message.chat, turn=message.turn, attempt=message.attempt)
         beat = asyncio.get_running_loop().create_task(self._beat(Speaking(**which), group))
+        prompt = self.prompt(message.history)
+        parts: list[str] = []
+        steps = 0
         try:
-            parts: list[str] = []
-            result: CreateResult | None = None
-            async for item in self.model_client.create_stream(self.prompt(message.history),
-                                                              cancellation_token=ctx.cancellation_token):
-                if isinstance(item, str):
-                    if item:
-                        await self.publish_message(UiEvent(kind="chunk", index=len(parts), author=self.name,
-                                                           text=item, **which), ui)
-                        parts.append(item)
-                else:
-                    result = item
+            for _ in range(self.max_tool_rounds):
+                result: CreateResult | None = None
+                async for item in self.model_client.create_stream(prompt, tools=list(self.tools.values()),
+                                                                  cancellation_token=ctx.cancellation_token):
+                    if isinstance(item, str):
+                        if item:
+                            await self.publish_message(UiEvent(kind="chunk", index=len(parts), author=self.name,
+                                                               text=item, **which), ui)
+                            parts.append(item)
+                    else:
+                        result = item
+                if result is None or isinstance(result.content, str) or not result.content:
+                    break
+                calls = [c for c in result.content if isinstance(c, FunctionCall)]
+                outputs = []
+                for call in calls:
+                    output, is_error = await self._call(call, ctx)
+                    await self.publish_message(UiEvent(kind="step", index=steps, author=self.name, name=call.name,
+                                                       text=call.arguments, output=output, **which), ui)
+                    steps += 1
+                    outputs.append(FunctionExecutionResult(content=output, call_id=call.id, name=call.name,
+                                                           is_error=is_error))
+                prompt += [AssistantMessage(content=calls, source=self.name),
+                           FunctionExecutionResultMessage(content=outputs)]
             text = result.content if result is not None and isinstance(result.content, str) else "".join(parts)
         finally:
             beat.cancel()
         await self.publish_message(UiEvent(kind="end", index=len(parts), author=self.name, text=text, **which), ui)
         await self.publish_message(AgentTurn(author=self.name, text=text, **which), group)
+
+    async def _call(self, call: FunctionCall, ctx: MessageContext) -> tuple[str, bool]:
+        """Run one tool call: (its result as text, whether it failed). A failure is the model's to
+        handle (it sees the error), never the chat's end."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return f"unknown tool {call.name!r}", True
+        try:
+            args = json.loads(call.arguments or "{}")
+            return tool.return_value_as_string(await tool.run_json(args, ctx.cancellation_token)), False
+        except Exception as exc:  # noqa: BLE001 - reported to the model and shown in the step
+            return f"{exc.__class__.__name__}: {exc}", True
 
     async def _beat(self, beat: Speaking, topic: TopicId) -> None:
         while True:

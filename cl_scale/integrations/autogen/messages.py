@@ -77,7 +77,8 @@ class UiEvent(BaseModel):
     ``chunk``: text ``index`` (0-based) of the streamed message of (chat, turn, attempt); ``end``: that
     message is complete after ``index`` chunks, ``text`` is all of it; ``interrupted``: that message stops
     where it is, marked as interrupted; ``notice``: a plain message (``author``, ``text``); ``step``: a
-    tool call shown as a step (``name``, ``text`` = its arguments).
+    tool call shown as a Chainlit step (``name``, ``text`` = its arguments, ``output`` = its result;
+    ``index`` counts the agent's calls in that turn).
     """
 
     kind: Literal["chunk", "end", "interrupted", "notice", "step"]
@@ -88,6 +89,7 @@ class UiEvent(BaseModel):
     author: str = ""
     name: str = ""
     text: str = ""
+    output: str = ""
 
     @property
     def message_id(self) -> str:

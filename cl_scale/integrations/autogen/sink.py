@@ -79,9 +79,8 @@ class ChainlitSink(RoutedAgent):
         if event.kind == "notice":
             return [self.pub.body(sid, "message", f"{mid}:notice", f"{mid}-notice", event.text, event.author or None)]
         if event.kind == "step":
-            text = f"**{event.name}**({event.text})" if event.name else event.text
-            return [self.pub.body(sid, "message", f"{mid}:step:{event.index}", f"{mid}-step-{event.index}", text,
-                                   f"{event.author} · tool")]
+            return [self.pub.body(sid, "step", f"{mid}:step:{event.index}", f"{mid}-step-{event.index}", event.output,
+                                  f"{event.name or 'tool'}", input=event.text)]
         reply = self._replies.get(mid)
         if reply is None:
             if event.kind == "interrupted":

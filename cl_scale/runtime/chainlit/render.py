@@ -81,6 +81,12 @@ class ChainlitRenderer:
             msg = self._streams.pop(handle, None) or self._message(body)
             msg.content = body.content
             await msg.send()
+        elif body.kind == "step":  # a tool call: Chainlit's collapsible step, input and output
+            from chainlit.step import Step
+
+            step = Step(name=body.author, type="tool", id=body.mid)
+            step.input, step.output = body.input or "", body.content
+            await step.send()
         elif body.kind in ("update", "remove"):
             # Chainlit's chat context matches messages by identity: act on the one it holds.
             msg = self.state.message(session.id, body.mid) or self._message(body, content="")
