@@ -162,10 +162,9 @@ def autogen_host_cmd(address: str = typer.Option("127.0.0.1:50060", "--address",
 
 def _autogen_check() -> None:
     try:
-        from cl_scale.integrations.autogen import compat
+        from cl_scale.integrations.autogen import compat  # checks the installed AutoGen on import
 
         compat.check()
-    except ImportError as exc:
-        raise UserError(f"AutoGen is not installed ({exc.name}): pip install 'cl-scale[autogen]'") from None
-    except compat.AutoGenMissing as exc:
-        raise UserError(str(exc)) from None
+    except ImportError as exc:  # a module missing, or compat.AutoGenMissing with its reason
+        raise UserError(str(exc) if exc.name is None else
+                        f"AutoGen is not installed ({exc.name}): pip install 'cl-scale[autogen]'") from None

@@ -16,8 +16,9 @@ TESTED = ("0.7",)
 PACKAGES = ("autogen-core", "autogen-ext")
 
 
-class AutoGenMissing(RuntimeError):
-    pass
+class AutoGenMissing(ImportError):
+    """No tested AutoGen: an ImportError, so ``import cl_scale.integrations.autogen`` fails as a missing
+    extra does, with the reason and the fix as its message."""
 
 
 def check() -> None:
