@@ -102,6 +102,8 @@ def autogen_cmd(
     ui_topic: str = typer.Option("chainlit", help="Topic type the agents publish UiEvents on."),
     group_topic: str = typer.Option("group_chat", help="Topic type the group chat manager listens on."),
     consumer_group: str = typer.Option("autogen", help="Redis consumer group on the requests stream."),
+    unanswered_seconds: float = typer.Option(10.0, help="A user message no group chat manager accepted within "
+                                             "this many seconds gets a notice in its chat."),
     health_port: int = typer.Option(0, help="Serve /healthz and /readyz on this port (0: off)."),
     health_host: str = typer.Option("127.0.0.1", help="Address of the health port (0.0.0.0 in a pod)."),
     name: Optional[str] = typer.Option(None, help="This process in `cl-scale status` and in the consumer group."),
@@ -120,6 +122,8 @@ def autogen_cmd(
             raise UserError(f"{option} {value[:80]!r}: must be 1-100 of [A-Za-z0-9._-]")
     if not 0 <= health_port <= 65535:
         raise UserError(f"--health-port {health_port}: must be between 0 and 65535")
+    if not 0.5 <= unanswered_seconds <= 3600:
+        raise UserError(f"--unanswered-seconds {unanswered_seconds}: must be between 0.5 and 3600")
     _autogen_check()
     settings = _settings(redis_url, prefix, key_id, state_dir=state_dir)
     settings.check_tls()
@@ -133,7 +137,7 @@ def autogen_cmd(
                f"(topics {group_topic!r} in, {ui_topic!r} out)", err=True)
     asyncio.run(serve(settings, host_address, ui_topic=ui_topic, group_topic=group_topic,
                       consumer_group=consumer_group, name=name, health_port=health_port or None,
-                      health_host=health_host))
+                      health_host=health_host, accept_seconds=unanswered_seconds))
 
 
 @app.command("autogen-host", help=(

@@ -93,6 +93,7 @@ def loadtest_cmd(
         "  cl-scale bench --quick --out /tmp/b             # smoke run: few iterations, few clients\n"
         "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
         "  cl-scale bench --paths                          # SDK vs HTTP gateway vs Kafka vs RabbitMQ bridge\n"
+        "  cl-scale bench --autogen                        # AutoGen group chats: 1, 10, 100 at once\n"
         "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
@@ -110,6 +111,9 @@ def bench_cmd(
     paths: bool = typer.Option(False, "--paths", help="Instead: the four worker paths side by side (Redis SDK, "
                                "HTTP gateway, Kafka bridge on tansu, RabbitMQ bridge): latency and sustained "
                                "delivery of 10,000 messages each; writes paths.json and plots/paths.png."),
+    autogen: bool = typer.Option(False, "--autogen", help="Instead: distributed AutoGen group chats (1, 10, 100 at "
+                                 "once) against AutoGen alone in one process: turns/s, chunk latency, lost; writes "
+                                 "autogen.json and plots/autogen.png."),
 ) -> None:
     from cl_scale.bench import paths as paths_bench
     from cl_scale.bench import report, run
@@ -120,7 +124,22 @@ def bench_cmd(
         report.update_readme(readme, out_dir / "results.json")
         if (out_dir / "paths.json").is_file() and paths_bench.MARK_START in readme.read_text():
             paths_bench.update_readme(readme, out_dir / "paths.json")
+        from cl_scale.bench import autogen as autogen_bench
+
+        if (out_dir / "autogen.json").is_file() and autogen_bench.MARK_START in readme.read_text():
+            autogen_bench.update_readme(readme, out_dir / "autogen.json")
         typer.echo(f"updated {readme} from {out_dir}")
+        return
+    if autogen:
+        from cl_scale.bench import autogen as autogen_bench
+        from cl_scale.cli.bridge_cmds import _autogen_check
+
+        run.check_optional_dependencies()
+        _autogen_check()
+        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
+        results = autogen_bench.run(out_dir, quick=quick)
+        typer.echo(autogen_bench.readme_section(results))
+        typer.echo(f"wrote {out_dir / 'autogen.json'} and {out_dir / 'plots' / 'autogen.png'}")
         return
     if paths:
         run.check_optional_dependencies()

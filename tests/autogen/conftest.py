@@ -33,7 +33,7 @@ class AutoGenSide:
     def command(self, role: str) -> list[str]:
         if role == "bridge":
             return [CL_SCALE, "autogen", "--host-address", self.address, "--redis-url", self.redis_url,
-                    "--name", "autogen-test"]
+                    "--name", "autogen-test", "--unanswered-seconds", "3"]
         if role == "host":
             return [sys.executable, str(EXAMPLE / "agents.py"), "host", "--address", self.address]
         opts = [x for k, v in self.options.items() for x in (f"--{k}", str(v))]

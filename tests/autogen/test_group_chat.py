@@ -195,3 +195,25 @@ async def test_an_agent_that_never_comes_back_stops_the_chat_visibly(cluster, au
         assert [t[:3] for t in got] == [(1, 1, "Writer")], got
     finally:
         await c.close()
+
+
+async def test_a_message_no_manager_takes_gets_a_notice(cluster, autogen, autogen_app):
+    """The manager is not running (AutoGen's host drops a message nobody subscribes to, silently): the
+    user is told after ``--unanswered-seconds``, once."""
+    (inst,) = cluster.start(1, app=autogen_app, env=INSTANCE_ENV).instances
+    side = autogen().start("host", "writer", "editor", "bridge")
+    side.wait_attached("writer", "editor", "bridge")
+    c = ChainlitClient(inst.url, reconnection=False)
+    await c.connect()
+    try:
+        await c.send("anyone there?")
+        await c.wait_for(lambda: any("No group chat answered" in str(m.get("output")) for m in c.messages()), 20)
+        side.start("manager")  # back: the next message gets its chat, and no notice
+        side.wait_attached("manager")
+        await c.send("a story please")
+        await c.wait_for(lambda: same(turns(c), expected(3)), 30)
+        await asyncio.sleep(3.5)
+        notices = [m for m in c.messages() if "No group chat answered" in str(m.get("output"))]
+        assert len(notices) == 1, notices
+    finally:
+        await c.close()

@@ -85,6 +85,8 @@ class GroupChatManager(RoutedAgent):
 
     @message_handler
     async def on_user_turn(self, message: UserTurn, ctx: MessageContext) -> None:
+        await self.publish_message(UiEvent(kind="accepted", text=message.message_id),
+                                   TopicId(self.ui_topic, self.session_id))
         if message.message_id in self._seen:  # the relay redelivered it after a crash
             return
         self._seen.add(message.message_id)

@@ -78,10 +78,11 @@ class UiEvent(BaseModel):
     message is complete after ``index`` chunks, ``text`` is all of it; ``interrupted``: that message stops
     where it is, marked as interrupted; ``notice``: a plain message (``author``, ``text``); ``step``: a
     tool call shown as a Chainlit step (``name``, ``text`` = its arguments, ``output`` = its result;
-    ``index`` counts the agent's calls in that turn).
+    ``index`` counts the agent's calls in that turn); ``accepted``: the manager has the user message
+    ``text`` (its id) — without it in time, the relay tells the user nobody answered.
     """
 
-    kind: Literal["chunk", "end", "interrupted", "notice", "step"]
+    kind: Literal["chunk", "end", "interrupted", "notice", "step", "accepted"]
     chat: str = ""
     turn: int = 0
     attempt: int = 1

@@ -133,15 +133,17 @@ async def serve_host(address: str, stopping: asyncio.Event | None = None) -> Non
 
 async def serve(settings, host_address: str, *, ui_topic: str = UI_TOPIC, group_topic: str = GROUP_TOPIC,
                 consumer_group: str = "autogen", name: str | None = None, health_port: int | None = None,
-                health_host: str = "127.0.0.1", stopping: asyncio.Event | None = None) -> None:
+                health_host: str = "127.0.0.1", accept_seconds: float = 10.0,
+                stopping: asyncio.Event | None = None) -> None:
     """``cl-scale autogen``: the sink and the relay, connected to the AutoGen host, until SIGTERM/SIGINT.
 
     :param settings: ``WorkerSettings`` (Redis URL, prefix, the worker key that signs).
     :param health_port: plain HTTP ``/healthz`` and ``/readyz`` (connected to the host and Redis).
+    :param accept_seconds: a user message no manager accepted within this gets a notice in its chat.
     """
     import signal
 
-    from cl_scale.integrations.autogen.relay import Relay
+    from cl_scale.integrations.autogen.relay import Relay, Unanswered
     from cl_scale.worker.publisher import Publisher
 
     stopping = stopping or asyncio.Event()
@@ -153,11 +155,17 @@ async def serve(settings, host_address: str, *, ui_topic: str = UI_TOPIC, group_
     pub = Publisher(settings.redis_url, key.kid, key.secret, prefix=settings.prefix, announce="autogen",
                     worker_id=name, outbox_max=settings.outbox_max, outbox_ttl=settings.outbox_ttl)
     conn = Connection()
+    unanswered = Unanswered(pub, seconds=accept_seconds)
     relay = Relay(pub.redis, pub.keys, lambda: conn.publish, group=consumer_group, consumer=name,
-                  group_topic=group_topic)
+                  group_topic=group_topic, unanswered=unanswered)
+    # The consumer group first: a user message recorded before it exists would never be read (it is
+    # created at the stream's end), and "connected" below tells operators and tests we are serving.
+    await _until_redis(relay.ensure_group, stopping)
     web = await _health(health_host, health_port, conn, pub) if health_port else None
-    tasks = [asyncio.ensure_future(stay_connected(host_address, setup_sink(pub, ui_topic=ui_topic), stopping, conn)),
-             asyncio.ensure_future(relay.run(stopping, conn.connected))]
+    sink = setup_sink(pub, ui_topic=ui_topic, unanswered=unanswered)
+    tasks = [asyncio.ensure_future(stay_connected(host_address, sink, stopping, conn)),
+             asyncio.ensure_future(relay.run(stopping, conn.connected)),
+             asyncio.ensure_future(unanswered.run(stopping))]
     pub.start_heartbeat()
     try:
         await stopping.wait()
@@ -168,6 +176,19 @@ async def serve(settings, host_address: str, *, ui_topic: str = UI_TOPIC, group_
         if web is not None:
             await web.cleanup()
         await pub.aclose(timeout=5)
+
+
+async def _until_redis(call, stopping: asyncio.Event) -> None:
+    import redis.exceptions
+
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            return await call()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            log.warning("Redis unreachable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+            await _wait(stopping, delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _health(host: str, port: int, conn: Connection, pub):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 import redis.exceptions
@@ -27,6 +28,47 @@ Publish = Callable[[object, TopicId], Awaitable[None]]
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
 
 
+UNANSWERED = "No group chat answered this message (the agents may be down). Please try again in a moment."
+
+
+class Unanswered:
+    """User messages the relay published that no manager has accepted yet. AutoGen's host drops a
+    message nobody subscribes to without telling the publisher: when the manager is not running, the
+    user would wait forever. Past ``seconds``, the chat says so instead (one notice per message).
+
+    :param publisher: the worker path (the notice is an ordinary signed message, id derived from the
+        user message's, so a redelivery shows it once).
+    """
+
+    def __init__(self, publisher, seconds: float = 10.0, notice: str = UNANSWERED):
+        self.pub, self.seconds, self.notice = publisher, seconds, notice
+        self._waiting: dict[tuple[str, str], float] = {}
+        self.notified = 0
+
+    def published(self, session: str, message_id: str) -> None:
+        self._waiting.setdefault((session, message_id), time.monotonic() + self.seconds)
+
+    def accepted(self, session: str, message_id: str) -> None:
+        self._waiting.pop((session, message_id), None)
+
+    async def run(self, stopping: asyncio.Event, poll: float = 0.5) -> None:
+        while not stopping.is_set():
+            now = time.monotonic()
+            for key in [k for k, deadline in self._waiting.items() if deadline <= now]:
+                session, message_id = key
+                try:
+                    await self.pub.send(session, self.notice, message_id=f"ag-unanswered-{message_id}"[:200],
+                                        author="System")
+                    self.notified += 1
+                except Exception as exc:  # noqa: BLE001 - an expired session, Redis down: logged, never fatal
+                    log.warning("session %s: unanswered notice not sent (%s)", session, exc.__class__.__name__)
+                self._waiting.pop(key, None)
+            try:
+                await asyncio.wait_for(stopping.wait(), poll)
+            except asyncio.TimeoutError:
+                pass
+
+
 class Relay:
     """Requests stream → AutoGen.
 
@@ -35,11 +77,13 @@ class Relay:
         after a reconnect, hence a callable looked up per message).
     :param group: the consumer group (one per AutoGen deployment reading the stream).
     :param consumer: this relay's name in the group.
+    :param unanswered: tracks published messages until a manager accepts them.
     """
 
     def __init__(self, redis, keys: Keyspace, publish: Callable[[], Publish], *, group: str = "autogen",
-                 consumer: str = "relay", group_topic: str = GROUP_TOPIC, block_ms: int = 1000):
-        self.redis, self.keys, self.publish = redis, keys, publish
+                 consumer: str = "relay", group_topic: str = GROUP_TOPIC, block_ms: int = 1000,
+                 unanswered: Unanswered | None = None):
+        self.redis, self.keys, self.publish, self.unanswered = redis, keys, publish, unanswered
         self.group, self.consumer, self.group_topic, self.block_ms = group, consumer, group_topic, block_ms
         self.relayed = 0
         self.skipped = 0
@@ -89,6 +133,8 @@ class Relay:
             turn = UserTurn(session_id=sid, message_id=f["message_id"], text=f.get("text", ""),
                             author=f.get("author") or "User", user=f.get("user") or None, thread=f.get("thread") or None)
             await self.publish()(turn, TopicId(self.group_topic, sid))
+            if self.unanswered is not None:
+                self.unanswered.published(sid, turn.message_id)
             self.relayed += 1
         await self.redis.xack(self.keys.requests, self.group, eid)
 

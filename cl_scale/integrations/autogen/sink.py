@@ -48,11 +48,14 @@ class ChainlitSink(RoutedAgent):
     :param publisher: the worker path into the sessions (its key signs every entry).
     :param interrupted: text appended to a reply the manager gave up on.
     :param retry_seconds: how long a transient Redis error is retried before the event is logged as lost.
+    :param unanswered: the relay's ``Unanswered`` (same process), told of each accepted user message.
     """
 
-    def __init__(self, publisher: Publisher, *, interrupted: str = INTERRUPTED, retry_seconds: float = 60.0):
+    def __init__(self, publisher: Publisher, *, interrupted: str = INTERRUPTED, retry_seconds: float = 60.0,
+                 unanswered=None):
         super().__init__("writes group chat messages into a Chainlit session")
         self.pub, self.interrupted, self.retry_seconds = publisher, interrupted, retry_seconds
+        self.unanswered = unanswered  # relay.Unanswered: told when the manager accepted a user message
         self._replies: dict[str, _Reply] = {}
         self._lock = asyncio.Lock()
         self.refused = 0
@@ -64,6 +67,10 @@ class ChainlitSink(RoutedAgent):
     @message_handler
     async def on_event(self, message: UiEvent, ctx: MessageContext) -> None:
         event = message
+        if event.kind == "accepted":
+            if self.unanswered is not None:
+                self.unanswered.accepted(self.session_id, event.text)
+            return
         async with self._lock:  # one session's writes in order
             try:
                 bodies = self._bodies(event)
