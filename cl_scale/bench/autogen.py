@@ -168,8 +168,14 @@ async def _chats(urls: list[str], n: int, p: dict, timeout: float) -> dict:
 
 async def _autogen_alone(p: dict) -> dict:
     """One chat on AutoGen's single-process runtime, a sink that records: no Chainlit, no Redis."""
-    from autogen_core import MessageContext, RoutedAgent, SingleThreadedAgentRuntime, TopicId, TypeSubscription, \
-        message_handler
+    from autogen_core import (
+        MessageContext,
+        RoutedAgent,
+        SingleThreadedAgentRuntime,
+        TopicId,
+        TypeSubscription,
+        message_handler,
+    )
 
     from cl_scale.integrations.autogen import GROUP_TOPIC, UI_TOPIC, UiEvent, UserTurn
 
