@@ -52,3 +52,13 @@ def test_readme_worker_paths_block_is_generated_from_paths_json():
     results = json.loads((README.parent / "bench" / "paths.json").read_text())
     block = README.read_text().split(paths.MARK_START + "\n", 1)[1].split("\n" + paths.MARK_END, 1)[0]
     assert block == paths.readme_section(results), "regenerate: cl-scale bench --readme README.md"
+
+
+def test_readme_autogen_block_is_generated_from_autogen_json():
+    import json
+
+    from cl_scale.bench import autogen
+
+    results = json.loads((README.parent / "bench" / "autogen.json").read_text())
+    block = README.read_text().split(autogen.MARK_START + "\n", 1)[1].split("\n" + autogen.MARK_END, 1)[0]
+    assert block == autogen.readme_section(results), "regenerate: cl-scale bench --readme README.md"
