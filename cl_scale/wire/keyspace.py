@@ -65,6 +65,12 @@ class Keyspace:
         """Hash: chat-context message id -> message JSON (with its ``_seq``)."""
         return f"{self.prefix}:ctx:{{{session_id}}}"
 
+    def journal(self, session_id: str) -> str:
+        """Hash: user message id -> JSON (``payload``, ``state`` running|pending, ``owner``, ``at``,
+        ``attempts``, ``reply``): the session's messages whose handler has not finished
+        (``runtime.journal``). Same TTL as the session."""
+        return f"{self.prefix}:journal:{{{session_id}}}"
+
     def instance(self, instance_id: str) -> str:
         """Hash: ``url`` (advertised address for HTTP forwarding), ``pid``, ``started``; short TTL."""
         return f"{self.prefix}:instance:{instance_id}"
