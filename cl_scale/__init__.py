@@ -11,9 +11,16 @@ _LAZY = {
     "emit_to_user": "cl_scale.runtime.api",
     "emit_to_thread": "cl_scale.runtime.api",
     "on_session_restore": "cl_scale.runtime.api",
+    "on_reply_interrupted": "cl_scale.runtime.api",
 }
 
-__all__ = ["__version__", *_LAZY]
+#: A reply cut short because its instance died: run the handler again on the instance that restores
+#: the session (once), instead of finishing the reply with ``interrupted_notice``. Set it in the app.
+rerun_interrupted = False
+#: The chat's notice for an interrupted reply (None: cl-scale's English one); set it to translate.
+interrupted_notice = None
+
+__all__ = ["__version__", "rerun_interrupted", "interrupted_notice", *_LAZY]
 
 
 def __getattr__(name: str):

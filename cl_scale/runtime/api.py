@@ -56,6 +56,23 @@ def on_session_restore(func):
     return func
 
 
+_INTERRUPTED_CALLBACKS: list = []
+
+
+def on_reply_interrupted(func):
+    """Register ``async def f(message: dict)`` to run, inside the session's context, on the instance
+    that restored a session whose previous owner died while answering ``message`` (the user's message
+    as Chainlit received it: ``id``, ``output``...). The chat already shows the notice
+    (``cl_scale.interrupted_notice``); with ``cl_scale.rerun_interrupted = True`` the handler is run
+    again instead (once), and this is called only if that run is interrupted too."""
+    _INTERRUPTED_CALLBACKS.append(func)
+    return func
+
+
+def interrupted_callbacks() -> list:
+    return _INTERRUPTED_CALLBACKS
+
+
 def restore_callbacks() -> list:
     """The registry the instance's hooks read (the app module registers before the instance exists)."""
     return _RESTORE_CALLBACKS

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 
 import redis.exceptions
 
@@ -20,6 +21,7 @@ from cl_scale.runtime.chainlit.codec import ChainlitState
 from cl_scale.runtime.chainlit.hooks import ChainlitHooks
 from cl_scale.runtime.chainlit.render import ChainlitRenderer
 from cl_scale.runtime.delivery import Delivery
+from cl_scale.runtime.journal import Journal
 from cl_scale.runtime.manager import LocalFirstRedisManager
 from cl_scale.runtime.outbox_janitor import OutboxJanitor
 from cl_scale.runtime.session_store import SessionStore
@@ -59,7 +61,9 @@ class Instance:
         self.hooks = ChainlitHooks(sio, state=self.state, store=self.store, sync=self.sync, join_rooms=self.join_rooms,
                                    on_ready=self.delivery.on_session_ready, closing=lambda: self.closing,
                                    restore_callbacks=restore_callbacks,
-                                   on_request=self.publish_request if settings.publish_requests else None)
+                                   on_request=self.publish_request if settings.publish_requests else None,
+                                   journal=Journal(self.redis, self.keys, f"{settings.instance_id}/{uuid.uuid4().hex[:8]}",
+                                                   ttl=settings.session_timeout or 3600))
         self.hooks.release_callbacks += [self.renderer.release, self.delivery.release]
         self.draining = False  # readiness off; still serving its clients
         self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)
@@ -117,6 +121,7 @@ class Instance:
                  redacted(self.settings.redis_url), self.settings.advertise_url)
 
     async def stop(self) -> None:
+        await self.hooks.journal_flush()  # messages that raced the close: journaled for the next owner
         for task in self._tasks:
             task.cancel()
         if self._grpc is not None:

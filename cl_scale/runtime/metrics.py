@@ -43,3 +43,5 @@ WORKER_MESSAGES = Counter("clscale_worker_messages_total", "Worker messages by o
 OUTBOX_DEPTH = Gauge("clscale_outbox_depth", "Worker messages waiting for disconnected sessions", registry=REGISTRY)
 DELIVERY_SECONDS = Histogram("clscale_worker_delivery_seconds", "Worker message publish-to-delivery time",
                              registry=REGISTRY)
+RESUMED = Counter("clscale_messages_resumed_total", "User messages a previous owner left unfinished, by what this "
+                  "instance did: pending (run), rerun, interrupted (notice)", ["outcome"], registry=REGISTRY)

@@ -7,6 +7,7 @@ import chainlit as cl
 import cl_scale
 
 INSTANCE = os.environ.get("CL_SCALE_INSTANCE_ID", "?")
+cl_scale.rerun_interrupted = os.environ.get("TEST_RERUN_INTERRUPTED") == "1"
 
 
 @cl.on_chat_start
@@ -47,6 +48,18 @@ async def on_message(message: cl.Message):
 
         await asyncio.sleep(float(text.split()[1]))
         text = "slow-done"
+    elif text.startswith("slowstream "):  # a reply long enough to kill its instance in the middle
+        import asyncio
+
+        _, n, pause = text.split()
+        msg = cl.Message(content="")
+        for i in range(int(n)):
+            await msg.stream_token(f"s{i} ")
+            await asyncio.sleep(float(pause))
+        await msg.send()
+        return
+    elif text == "die":  # a handler that takes its instance down, every time
+        os._exit(1)
     elif text.startswith("stream"):
         n = int(text.split()[1]) if " " in text else 50
         msg = cl.Message(content="")

@@ -62,12 +62,16 @@ class ChainlitHooks:
     :param restore_callbacks: ``@cl_scale.on_session_restore`` functions.
     :param on_request: ``async (session, payload)``: a user message arrived, before the app sees it
         (the requests stream for gRPC subscribers); None: nothing.
+    :param journal: ``runtime.journal.Journal``: unfinished user messages, resumed where the session
+        is restored; None: not kept.
     """
 
     def __init__(self, sio, *, state, store, sync, join_rooms, on_ready, closing, restore_callbacks,
-                 on_request=None):
+                 on_request=None, journal=None):
         self.sio, self.state, self.store, self.sync = sio, state, store, sync
-        self.on_request = on_request
+        self.on_request, self.journal = on_request, journal
+        self._running: dict[str, str] = {}  # session id -> user message id whose handler runs here
+        self._closing_writes: set = set()  # messages being journaled as pending while the instance closes
         self.join_rooms, self.on_ready, self.closing = join_rooms, on_ready, closing
         self.restore_callbacks = restore_callbacks
         #: Called with a session id when the session leaves this process (delivery frees its streams).
@@ -128,9 +132,13 @@ class ChainlitHooks:
                 session = getattr(self, "session", None)
                 # Chat messages only: the run/tool steps around a handler are not what the user
                 # acts on, and committing for them would put one more write before every reply.
-                if (session is not None and getattr(session, "socket_id", None)
-                        and str((step_dict or {}).get("type", "")).endswith("_message")):
+                kind = str((step_dict or {}).get("type", ""))
+                if session is not None and getattr(session, "socket_id", None) and kind.endswith("_message"):
                     await hooks.sync.commit(session)
+                    if name == "send_step" and kind != "user_message":
+                        # the user's message is answered: settled in the journal before the user can see
+                        # it, so an instance dying right after never counts the reply as interrupted
+                        await hooks.settle(session.id)
                 return await original(self, step_dict, *args, **kwargs)
 
             wrapper.__wrapped__ = original
@@ -138,6 +146,22 @@ class ChainlitHooks:
 
         for name in ("send_step", "update_step", "delete_step", "stream_start"):
             commit_first(name)
+
+        original_stream_start = ChainlitEmitter.stream_start
+
+        async def stream_start(self, step_dict, *args, **kwargs):
+            # the reply being streamed: what a re-run on another instance replaces if this one dies
+            session = getattr(self, "session", None)
+            message_id = hooks._running.get(getattr(session, "id", None))
+            if hooks.journal is not None and message_id and (step_dict or {}).get("id"):
+                try:
+                    await hooks.journal.replying(session.id, message_id, str(step_dict["id"]))
+                except Exception as exc:  # noqa: BLE001 - the reply matters more than its bookkeeping
+                    log.warning("session %s: journal not updated (%s)", session.id, exc.__class__.__name__)
+            return await original_stream_start(self, step_dict, *args, **kwargs)
+
+        stream_start.__wrapped__ = original_stream_start
+        ChainlitEmitter.stream_start = stream_start
 
     def _patch_delete(self) -> None:
         """Chainlit clears a session (its timeout passed, or the user cleared it): release everything
@@ -237,7 +261,8 @@ class ChainlitHooks:
         session = self.state.session_by_sid(sid)
         if session is None:
             return
-        if session.id in self._restored:
+        restored = session.id in self._restored
+        if restored:
             self._restored.discard(session.id)
             self.state.enter(session)
             for callback in self.restore_callbacks:
@@ -251,6 +276,8 @@ class ChainlitHooks:
         else:
             self.sync.schedule(session.id)
         await self.on_ready(session)
+        if restored:
+            await self.resume(session)
 
     async def disconnect(self, sid, *args):
         session = self.state.session_by_sid(sid)
@@ -267,15 +294,69 @@ class ChainlitHooks:
         if session := self.state.session_by_sid(sid):
             await self.sync.save(session)
 
-    async def process_message(self, session, payload):
+    async def process_message(self, session, payload, attempts: int = 0):
+        message_id = str(((payload or {}).get("message") or {}).get("id") or "")
+        if self.on_request is not None and not attempts:  # it reached an instance: published once
+            await self.on_request(session, payload)
         if self.closing():
             metrics.REFUSED_WHILE_CLOSING.inc()
-            log.info("session %s: message not started, instance closing (client re-sends)", session.id)
+            task = asyncio.current_task()
+            self._closing_writes.add(task)  # the shutdown waits for these: a cancelled write loses the message
+            try:
+                journaled = self.journal is not None and message_id and await self._journal(
+                    self.journal.write, session.id, message_id, payload, "pending", attempts)
+            finally:
+                self._closing_writes.discard(task)
+            if journaled:
+                log.info("session %s: message not started, instance closing: journaled for the next owner",
+                         session.id)
+            else:
+                log.warning("session %s: message not started, instance closing (not journaled)", session.id)
             return
-        if self.on_request is not None:
-            await self.on_request(session, payload)
-        with self.sync.handler(session.id):
-            await self._process_message(session, payload)
+        journaled = (self.journal is not None and message_id and
+                     await self._journal(self.journal.write, session.id, message_id, payload, "running", attempts))
+        if journaled:
+            self._running[session.id] = message_id
+        try:
+            with self.sync.handler(session.id):
+                await self._process_message(session, payload)
+        finally:
+            if journaled and self._running.get(session.id) == message_id:
+                await self.settle(session.id)  # it sent nothing (or raised): settled all the same
+
+    async def journal_flush(self, timeout: float = 3.0) -> None:
+        """Wait (bounded) for the pending-message writes of a closing instance (ASGI shutdown)."""
+        if self._closing_writes:
+            await asyncio.wait(set(self._closing_writes), timeout=timeout)
+
+    async def settle(self, session_id: str) -> None:
+        """The running message of this session is answered: off the journal (once)."""
+        message_id = self._running.pop(session_id, None)
+        if message_id is not None:
+            await self._journal(self.journal.done, session_id, message_id)
+
+    async def _journal(self, call, session_id: str, *args) -> bool:
+        """A journal write that never stands in the way of the user's message (logged if it fails)."""
+        try:
+            await call(session_id, *args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - Redis trouble: the message runs unjournaled
+            log.warning("session %s: journal write failed (%s)", session_id, exc.__class__.__name__)
+            return False
+
+    async def resume(self, session) -> None:
+        """Messages the session's previous owner left unfinished (this instance just restored it)."""
+        from cl_scale.runtime import interrupted
+
+        if self.journal is None:
+            return
+        try:
+            entries = await self.journal.take(session.id)
+        except Exception as exc:  # noqa: BLE001 - Redis trouble: nothing resumed, logged
+            log.warning("session %s: journal not read (%s)", session.id, exc.__class__.__name__)
+            return
+        for entry in entries:
+            await interrupted.resume(self, session, entry)
 
     # -- leaving ------------------------------------------------------------------------------------
     def forget(self, session) -> None:
