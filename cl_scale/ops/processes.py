@@ -179,6 +179,7 @@ class RedisServer:
                  client_auth: bool = False):
         self.tmp, self.port, self.password, self.tls = tmp, port or free_port(), password, tls
         self.client_auth = client_auth
+        self.extra: list[str] = []  # more redis-server arguments (a replica: --replicaof host port)
         self.proc: Proc | None = None
 
     @property
@@ -197,6 +198,7 @@ class RedisServer:
                "--dir", str(self.tmp)]
         if self.password:
             cmd += ["--requirepass", self.password]
+        cmd += self.extra
         self.proc = Proc(cmd, log_path=self.tmp / f"redis-{self.port}.log").start()
         try:
             wait_port(self.port, 10)
@@ -208,6 +210,100 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+
+
+class SentinelGroup:
+    """A Redis primary, one replica and three ``redis-sentinel`` s on free loopback ports (Debian's
+    ``redis-sentinel``): ``url`` is the ``redis+sentinel://`` URL clients use; ``kill_primary`` is a
+    failover. Sentinel rewrites its config file, so each one has its own in ``tmp``.
+
+    :param down_after_ms: how long the primary must be silent before the sentinels agree it is down.
+    """
+
+    SERVICE = "mymaster"
+
+    def __init__(self, tmp: Path, down_after_ms: int = 1000):
+        self.tmp, self.down_after_ms = Path(tmp), down_after_ms
+        self.primary = RedisServer(self._dir("primary"))
+        self.replica = RedisServer(self._dir("replica"))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[Proc] = []
+
+    def _dir(self, name: str) -> Path:
+        d = self.tmp / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def start(self) -> "SentinelGroup":
+        try:
+            self.primary.start()
+            self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+            self.replica.start()
+            binary = shutil.which("redis-sentinel")
+            if binary is None:
+                raise RuntimeError("redis-sentinel not found: apt-get install redis-sentinel")
+            for port in self.sentinel_ports:
+                conf = self._dir(f"sentinel-{port}") / "sentinel.conf"
+                conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {conf.parent}\n"
+                                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                                f"sentinel failover-timeout {self.SERVICE} 10000\n"
+                                f"sentinel parallel-syncs {self.SERVICE} 1\n")
+                proc = Proc([binary, str(conf)], log_path=conf.parent / "sentinel.log").start()
+                self.sentinels.append(proc)
+                wait_port(port, 10)
+            self.wait_synced()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_synced(self, timeout: float = 20.0) -> None:
+        """Until the replica is connected to the primary and in sync (bounded)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = redis.Redis(port=self.replica.port, socket_timeout=1).info("replication")
+                if info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"):
+                    return
+            except Exception:  # noqa: BLE001 - not answering yet
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"replica on {self.replica.port} not in sync after {timeout}s")
+
+    def primary_port(self) -> int | None:
+        """The primary the sentinels name now (None: no answer)."""
+        import redis
+
+        for port in self.sentinel_ports:
+            try:
+                addr = redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(self.SERVICE)
+            except Exception:  # noqa: BLE001 - that sentinel is not answering: ask the next
+                continue
+            if addr:
+                return int(addr[1])
+        return None
+
+    def kill_primary(self) -> None:
+        self.primary.proc.stop(signal.SIGKILL)
+
+    def restart_old_primary(self) -> None:
+        """Start the killed primary again on its port: the sentinels turn it into a replica of the
+        promoted one (as a restarted pod or VM would rejoin)."""
+        self.primary.start()
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.stop()
+        self.replica.stop()
+        self.primary.stop()
 
 
 def init_chainlit_files(app_dir: Path) -> None:

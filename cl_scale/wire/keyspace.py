@@ -180,7 +180,7 @@ class Keyspace:
         if role == "worker":
             return ["resetkeys", "resetchannels", "-@all", *_CONNECTION, *_SCRIPTS,
                     "+xadd", "+xlen", "+xgroup|create", "+expire", "+zadd", "+hget", "+hmget", "+exists",
-                    "+smembers", "+publish", "+hset", "+hdel", "+xread", "+xrevrange",
+                    "+smembers", "+publish", "+hset", "+hdel", "+xread", "+xrevrange", "+wait",
                     f"~{p}:wk:s:*", f"~{p}:wk:dlq", f"~{p}:wk:outboxes", f"~{p}:wk:workers",
                     "+zcount", f"%R~{p}:session:*", f"%R~{p}:wk:seen:*", f"%R~{p}:wk:user:*",
                     f"%R~{p}:wk:thread:*", f"%R~{p}:instances", f"%R~{p}:wk:kid:*", f"%R~{p}:wk:requests",

@@ -40,6 +40,10 @@ class MessageTooLarge(DeliveryError, ValueError):
     pass
 
 
+class NotReplicated(DeliveryError):
+    """The primary accepted the write but not enough replicas confirmed it (``replicas``)."""
+
+
 class BufferFull(DeliveryError):
     """Redis has been unreachable long enough that the bounded retry buffer is full."""
 
@@ -60,19 +64,24 @@ class Publisher:
         (``worker.registry``: ``sdk``; a gateway: ``gateway``), beating every ``heartbeat`` seconds
         from its first message until ``aclose``; None: not announced (bridges announce themselves).
     :param worker_id: its id there (default: ``kind-host-pid-xxxx``).
+    :param replicas: with Redis replication (Sentinel), confirm each write reached this many replicas
+        (``WAIT``, in the same round trip) or raise ``NotReplicated``: Redis replicates asynchronously,
+        so without it a message the primary accepted just before a failover can vanish silently.
+    :param replica_timeout_ms: how long ``WAIT`` waits for them.
     """
 
     def __init__(self, redis_url: str, key_id: str, key: str | bytes, *, prefix: str = DEFAULT_PREFIX,
                  author: str = "Worker", max_buffer: int = 10_000, outbox_max: int = 1000,
                  outbox_ttl: float = 3600, max_bytes: int = m.MAX_BYTES, timeout: float = 2.0,
                  announce: str | None = "sdk", worker_id: str | None = None,
-                 heartbeat: float = registry.INTERVAL):
+                 heartbeat: float = registry.INTERVAL, replicas: int = 0, replica_timeout_ms: int = 1000):
         self.redis = connect(redis_url, timeout=timeout)
         self.keys = Keyspace(prefix)
         self.kid, self._secret = key_id, m.to_bytes(key)
         self.author = author
         self.max_buffer, self.outbox_max, self.outbox_ttl, self.max_bytes = max_buffer, outbox_max, outbox_ttl, max_bytes
         self._script = self.redis.register_script(scripts.OUTBOX_APPEND)
+        self.replicas, self.replica_timeout_ms = replicas, replica_timeout_ms
         self._buffer: collections.deque[tuple] = collections.deque()
         self._flusher: asyncio.Task | None = None
         self.last_error: Exception | None = None
@@ -271,14 +280,23 @@ class Publisher:
         if self._heartbeat is not None:
             self._heartbeat.start()
         try:
-            if len(prepared) == 1:
+            if len(prepared) == 1 and not self.replicas:
                 keys, args = prepared[0]
                 results = [await self._script(keys=keys, args=args)]
             else:
                 pipe = self.redis.pipeline(transaction=False)
                 for keys, args in prepared:
                     await self._script(keys=keys, args=args, client=pipe)
+                if self.replicas:  # in the same round trip: how many replicas have these writes
+                    pipe.execute_command("WAIT", self.replicas, self.replica_timeout_ms)
                 results = await pipe.execute()
+                if self.replicas:
+                    acked = int(results.pop())
+                    if acked < self.replicas:
+                        raise NotReplicated(f"{len(prepared)} message(s) written to the Redis primary but copied to "
+                                            f"{acked}/{self.replicas} replicas within {self.replica_timeout_ms} ms: "
+                                            "a failover now could lose them; send them again (same ids are "
+                                            "shown once)")
         except Exception:
             self.beat.errors += 1
             raise
@@ -307,7 +325,7 @@ class Publisher:
             batch = [self._buffer[i] for i in range(min(100, len(self._buffer)))]
             try:
                 results = await self._run(batch)
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, NotReplicated) as exc:  # not replicated: write again (ids dedupe)
                 self.last_error = exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
