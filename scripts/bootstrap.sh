@@ -16,6 +16,9 @@ if [ "$extra" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
   # the RabbitMQ bridge tests start their own node (Kafka's broker, tansu, comes from pip)
   command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+  # the Redis failover tests run a primary, a replica and three sentinels; the gRPC tests a Node worker
+  command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+  command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 fi
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
