@@ -53,7 +53,10 @@ class LimitedBody:
         if self._buffered:
             return self._buffered.pop(0)
         if self._done:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            # The body is over: what follows is the server's own news (a disconnect), so wait for it.
+            # Answering an empty request again at once would let Starlette's disconnect listener
+            # (FileResponse: downloads) spin without ever yielding, and the response never go out.
+            return await self._receive()
         message = await self._receive()
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))

@@ -27,6 +27,7 @@ from cl_scale.runtime.outbox_janitor import OutboxJanitor
 from cl_scale.runtime.session_store import SessionStore
 from cl_scale.runtime.session_sync import SessionSync
 from cl_scale.runtime.settings import RuntimeSettings
+from cl_scale.runtime.uploads import UploadStore
 from cl_scale.wire.connect import connect
 from cl_scale.wire.keyspace import REQUESTS_MAXLEN, Keyspace, room_name
 from cl_scale.wire.redis_url import redacted
@@ -62,6 +63,10 @@ class Instance:
                                    on_ready=self.delivery.on_session_ready, closing=lambda: self.closing,
                                    restore_callbacks=restore_callbacks,
                                    on_request=self.publish_request if settings.publish_requests else None,
+                                   uploads=UploadStore(settings.uploads, self.redis, self.keys,
+                                                       shared_dir=settings.uploads_dir,
+                                                       max_bytes=settings.uploads_max_mb * 1024 * 1024,
+                                                       ttl=settings.session_timeout or 3600),
                                    journal=Journal(self.redis, self.keys, f"{settings.instance_id}/{uuid.uuid4().hex[:8]}",
                                                    ttl=settings.session_timeout or 3600))
         self.hooks.release_callbacks += [self.renderer.release, self.delivery.release]

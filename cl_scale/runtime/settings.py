@@ -9,6 +9,7 @@ one :class:`ConfigError` line naming the variable — never its secret.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import uuid
@@ -96,6 +97,12 @@ class RuntimeSettings:
     #: Append every user message to the requests stream (``Keyspace.requests``), where the gRPC
     #: gateway's ``Subscribe`` hands them to workers that have no Redis access. Off: no extra write.
     publish_requests: bool = False
+    #: Where uploads live so another instance can serve them after the owner dies (``runtime.uploads``):
+    #: ``local`` (the owner's disk; lost with it), ``shared`` (``uploads_dir``, a directory every
+    #: instance mounts, e.g. a ReadWriteMany volume) or ``redis`` (bounded per session by ``uploads_max_mb``).
+    uploads: str = "local"
+    uploads_dir: str | None = None
+    uploads_max_mb: int = 20
     #: uvicorn/Chainlit settings Chainlit itself reads from the environment (``chainlit run``).
     ws_protocol: str = "auto"
     ws_per_message_deflate: bool = True
@@ -124,6 +131,9 @@ class RuntimeSettings:
             websocket_only=_flag("CL_SCALE_WEBSOCKET_ONLY", _env("CL_SCALE_WEBSOCKET_ONLY", "false")),
             publish_requests=_flag("CL_SCALE_PUBLISH_REQUESTS", _env("CL_SCALE_PUBLISH_REQUESTS", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),
+            uploads=_env("CL_SCALE_UPLOADS", "local"),
+            uploads_dir=_env("CL_SCALE_UPLOADS_DIR"),
+            uploads_max_mb=_number("CL_SCALE_UPLOADS_MAX_MB", _env("CL_SCALE_UPLOADS_MAX_MB", "20"), int, 1, 1024),
             max_upload_bytes=(_number("CL_SCALE_MAX_UPLOAD_MB", _env("CL_SCALE_MAX_UPLOAD_MB"), int, 1, 100_000)
                               or 0) * 1024 * 1024 or None,
             worker_keys=_env("CL_SCALE_WORKER_KEYS"),
@@ -164,6 +174,13 @@ class RuntimeSettings:
                               "must be 1-128 of [A-Za-z0-9._-] (it names Redis keys and prefixes log lines)")
         if not SAFE_PREFIX.fullmatch(self.prefix or ""):
             raise ConfigError("CL_SCALE_PREFIX", self.prefix, "must be 1-64 of [A-Za-z0-9._-]")
+        if self.uploads not in ("local", "shared", "redis"):
+            raise ConfigError("CL_SCALE_UPLOADS", self.uploads, "must be local, shared or redis")
+        if self.uploads == "shared" and not self.uploads_dir:
+            raise ConfigError("CL_SCALE_UPLOADS_DIR", None, "CL_SCALE_UPLOADS=shared needs the shared directory "
+                              "every instance mounts")
+        if self.uploads == "shared" and not os.path.isdir(self.uploads_dir):
+            raise ConfigError("CL_SCALE_UPLOADS_DIR", self.uploads_dir, "is not a directory")
         if self.advertise_url is not None:
             parts = urlsplit(self.advertise_url) if not re.search(r"[\s\x00-\x1f\x7f]", self.advertise_url) else None
             if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(self.advertise_url) > 512:

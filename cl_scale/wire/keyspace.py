@@ -71,6 +71,11 @@ class Keyspace:
         (``runtime.journal``). Same TTL as the session."""
         return f"{self.prefix}:journal:{{{session_id}}}"
 
+    def uploads(self, session_id: str) -> str:
+        """Hash: file id -> bytes, and ``__bytes`` -> their total: a session's uploads when
+        ``CL_SCALE_UPLOADS=redis`` (``runtime.uploads``). TTL: the session's."""
+        return f"{self.prefix}:uploads:{{{session_id}}}"
+
     def instance(self, instance_id: str) -> str:
         """Hash: ``url`` (advertised address for HTTP forwarding), ``pid``, ``started``; short TTL."""
         return f"{self.prefix}:instance:{instance_id}"

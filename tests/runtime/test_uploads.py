@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 
 import httpx
+import pytest
 
 from cl_scale.ops.client import ChainlitClient
 from cl_scale.ops.processes import http_status
@@ -104,3 +105,69 @@ async def test_20mb_upload_through_a_peer_streams_and_never_stalls_a_concurrent_
         echo_done.set()
         await owner.close()
         await other.close()
+
+
+async def _upload_then_kill_owner(cluster, tmp_path, env: dict, dead_disk=None):
+    a, b = cluster.start(2, env=env).instances
+    owner = await started(ChainlitClient(a.url, reconnection=False))
+    content = b"uploaded before the owner died\n" * 1000
+    uploaded = await owner.upload("notes.txt", content)
+    await owner.send_with_files("filehash", [{"id": uploaded["id"]}])
+    want = f"echo=filehash={hashlib.sha256(content).hexdigest()}"
+    await owner.wait_for(lambda: any(want in str(m.get("output")) for m in owner.messages()), 15)
+    a.kill()
+    await owner.close()
+    if dead_disk is not None:  # the dead owner's disk (another pod's) is gone with it
+        import shutil
+
+        shutil.rmtree(dead_disk)
+    moved = ChainlitClient(b.url, session_id=owner.session_id, thread_id=owner.thread_id, reconnection=False)
+    await moved.connect()
+    return b, moved, uploaded["id"], content
+
+
+async def _read_back(b, moved, file_id: str, content: bytes) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:  # download from the new owner
+        r = await http.get(f"{b.url}/project/file/{file_id}", params={"session_id": moved.session_id})
+        assert r.status_code == 200 and r.content == content, (r.status_code, r.text[:200])
+    since = len(moved.events)  # and the app on the new owner reads it
+    await moved.send_with_files("filehash", [{"id": file_id}])
+    want = f"echo=filehash={hashlib.sha256(content).hexdigest()}"
+    await moved.wait_for(lambda: any(want in str(m.get("output")) for m in moved.messages(since)), 15)
+
+
+async def test_uploads_in_a_shared_directory_survive_the_owner(cluster, app_dir, tmp_path):
+    shared = tmp_path / "shared-uploads"
+    shared.mkdir()
+    b, moved, file_id, content = await _upload_then_kill_owner(
+        cluster, tmp_path, {"CL_SCALE_UPLOADS": "shared", "CL_SCALE_UPLOADS_DIR": str(shared)},
+        dead_disk=app_dir / ".files" / "inst1")
+    try:
+        assert (shared / moved.session_id).is_dir()
+        await _read_back(b, moved, file_id, content)
+    finally:
+        await moved.close()
+
+
+async def test_uploads_in_redis_survive_the_owner_and_are_bounded(cluster, app_dir, tmp_path):
+    b, moved, file_id, content = await _upload_then_kill_owner(
+        cluster, tmp_path, {"CL_SCALE_UPLOADS": "redis", "CL_SCALE_UPLOADS_MAX_MB": "1"},
+        dead_disk=app_dir / ".files" / "inst1")
+    try:
+        await _read_back(b, moved, file_id, content)
+        await moved.upload("half.bin", b"h" * (MB // 2))  # 0.53 MB in Redis now
+        with pytest.raises(RuntimeError) as refused:
+            await moved.upload("more.bin", b"m" * (MB // 2))
+        assert "413" in str(refused.value) and "CL_SCALE_UPLOADS_MAX_MB" in str(refused.value)
+    finally:
+        await moved.close()
+
+
+async def test_local_uploads_are_gone_with_the_owner_as_documented(cluster, app_dir, tmp_path):
+    b, moved, file_id, _ = await _upload_then_kill_owner(cluster, tmp_path, {}, dead_disk=app_dir / ".files" / "inst1")
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.get(f"{b.url}/project/file/{file_id}", params={"session_id": moved.session_id})
+            assert r.status_code == 404  # "not found", never a 500 on a dangling path
+    finally:
+        await moved.close()

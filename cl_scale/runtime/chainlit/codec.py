@@ -13,7 +13,7 @@ import importlib
 import json
 import logging
 
-from cl_scale.runtime import metrics
+from cl_scale.runtime import metrics, uploads
 from cl_scale.runtime.chainlit import compat
 
 log = logging.getLogger("cl_scale.chainlit")
@@ -126,6 +126,7 @@ class ChainlitState:
             "chat_started": session.chat_started,
             "has_first_interaction": session.has_first_interaction,
             "user_session": values,
+            "files": uploads.metadata(session),
         }
 
     @staticmethod

@@ -64,12 +64,13 @@ class ChainlitHooks:
         (the requests stream for gRPC subscribers); None: nothing.
     :param journal: ``runtime.journal.Journal``: unfinished user messages, resumed where the session
         is restored; None: not kept.
+    :param uploads: ``runtime.uploads.UploadStore``: where uploads live for other instances; None: local.
     """
 
     def __init__(self, sio, *, state, store, sync, join_rooms, on_ready, closing, restore_callbacks,
-                 on_request=None, journal=None):
+                 on_request=None, journal=None, uploads=None):
         self.sio, self.state, self.store, self.sync = sio, state, store, sync
-        self.on_request, self.journal = on_request, journal
+        self.on_request, self.journal, self.uploads = on_request, journal, uploads
         self._running: dict[str, str] = {}  # session id -> user message id whose handler runs here
         self._closing_writes: set = set()  # messages being journaled as pending while the instance closes
         self.join_rooms, self.on_ready, self.closing = join_rooms, on_ready, closing
@@ -176,9 +177,27 @@ class ChainlitHooks:
             finally:
                 hooks.state.drop_context(session_self.id)
                 hooks.release(session_self.id)
+                if hooks.uploads is not None:
+                    try:
+                        await hooks.uploads.delete(session_self.id)
+                    except Exception as exc:  # noqa: BLE001 - left to expire (Redis) / logged
+                        log.warning("session %s: uploads not removed (%s)", session_self.id, exc.__class__.__name__)
 
         delete.__wrapped__ = original
         WebsocketSession.delete = delete
+
+        persist = WebsocketSession.persist_file
+
+        async def persist_file(session_self, *args, **kwargs):
+            """An upload: kept where any instance can read it, and its metadata in the snapshot."""
+            reference = await persist(session_self, *args, **kwargs)
+            if hooks.uploads is not None:
+                await hooks.uploads.saved(session_self, reference["id"])
+            hooks.sync.changed(session_self.id, "files")
+            return reference
+
+        persist_file.__wrapped__ = persist
+        WebsocketSession.persist_file = persist_file
 
     # -- socket handlers ----------------------------------------------------------------------------
     async def connect(self, sid, environ, auth=None):
@@ -217,6 +236,11 @@ class ChainlitHooks:
         if local is None and record:
             restored = self.state.rehydrate(record.snapshot, sid, environ, record.chat_context)
             self.sync.forget_context(session_id)  # rebuilt: the first save rewrites it whole
+            if self.uploads is not None:
+                try:
+                    await self.uploads.restore(restored, record.snapshot.get("files"))
+                except Exception as exc:  # noqa: BLE001 - the chat matters more than its old uploads
+                    log.warning("session %s: uploads not restored (%s)", session_id, exc.__class__.__name__)
         try:
             accepted = await self._connect(sid, environ, auth)
         except BaseException:
