@@ -549,6 +549,19 @@ class Bridge(_Model):
     healthPort: Port = Field(9100, description="Port of /healthz, /readyz and /metrics.")
 
 
+class Uploads(_Model):
+    storage: Literal["local", "shared", "redis"] = Field(
+        "local", description="Where uploads live so any instance can serve them after their owner dies: local "
+        "(the owner's disk: lost with it), shared (a volume every instance mounts: k8s ReadWriteMany PVC, "
+        "compose named volume), redis (in Redis, at most maxMB per session; over it the upload gets 413).")
+    maxMB: Annotated[StrictInt, _int_range(1, 1024)] = Field(
+        20, description="storage redis: uploads kept per session, in MB (Redis memory: count it in redis.maxmemory).")
+    size: Quantity = Field("10Gi", description="storage shared (k8s): size of the ReadWriteMany PVC.")
+    storageClassName: DnsSubdomain | None = Field(
+        None, description="storage shared (k8s): a storage class that offers ReadWriteMany (NFS, CephFS, EFS, "
+                          "Azure Files, Filestore); null: the cluster's default.")
+
+
 class GatewayTls(_Model):
     secretName: DnsSubdomain | None = Field(
         None, description="An existing kubernetes.io/tls Secret (tls.crt, tls.key): the gateway serves gRPC and "
@@ -676,6 +689,7 @@ class Values(_Model):
     bridges: list[Bridge] = Field(
         default_factory=list, max_length=20,
         description="Broker bridges (Kafka/RabbitMQ into chats): a Deployment (k8s) / service (compose) each.")
+    uploads: Uploads = Field(default_factory=Uploads, description="Where uploaded files live (failover).")
     autogen: Autogen = Field(default_factory=Autogen, description="Distributed AutoGen group chats.")
     grpcGateway: GrpcGateway = Field(default_factory=GrpcGateway,
                                      description="The standalone worker gateway (gRPC + HTTP): Deployment + Service "

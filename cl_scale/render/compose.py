@@ -24,6 +24,7 @@ APP_UID = f"{CONTRACT_UID}:{CONTRACT_UID}"
 _PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (copy .env.example)}"
 _CONF_DIR = "/etc/cl-scale/nginx"
 _PREFIX = "/tmp/nginx"
+UPLOADS_DIR = "/uploads"  # uploads.storage shared (the k8s mount path too)
 
 
 def _lit(text: str) -> str:
@@ -84,6 +85,9 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
         "CL_SCALE_DRAIN_SECONDS": str(values.drain.seconds),
         "CL_SCALE_WEBSOCKET_ONLY": "true" if values.websocketOnly else "false",
         **({"CL_SCALE_PUBLISH_REQUESTS": "true"} if values.autogen.enabled else {}),
+        **({"CL_SCALE_UPLOADS": values.uploads.storage} if values.uploads.storage != "local" else {}),
+        **({"CL_SCALE_UPLOADS_MAX_MB": str(values.uploads.maxMB)} if values.uploads.storage == "redis" else {}),
+        **({"CL_SCALE_UPLOADS_DIR": UPLOADS_DIR} if values.uploads.storage == "shared" else {}),
     })
     probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"
     service: dict[str, Any] = {
@@ -104,6 +108,8 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
     }
     if redis_mounts(values):
         service["secrets"] = _secrets(redis_mounts(values))
+    if values.uploads.storage == "shared":  # one named volume, mounted by every instance
+        service["volumes"] = [f"uploads:{UPLOADS_DIR}"]
     if values.redis.enabled:
         service["depends_on"] = {"redis": {"condition": "service_healthy"}}
     return service
@@ -243,8 +249,10 @@ def compose_dict(values: Values) -> dict[str, Any]:
     if values.autogen.enabled:
         services.update(_autogen_services(values))
     doc: dict[str, Any] = {"name": values.name, "services": services}
-    if values.redis.enabled:
-        doc["volumes"] = {"redis-data": {}}
+    volumes = {**({"redis-data": {}} if values.redis.enabled else {}),
+               **({"uploads": {}} if values.uploads.storage == "shared" else {})}
+    if volumes:
+        doc["volumes"] = volumes
     if secret_files := _secret_files(values):
         doc["secrets"] = secret_files
     return doc

@@ -46,6 +46,20 @@ from cl_scale.render.k8s_redis import redis_network_policy, redis_service, redis
 __all__ = ["render", "render_stream", "objects"]
 
 APP_ROOT = "/app"
+UPLOADS_DIR = "/uploads"  # uploads.storage shared: the ReadWriteMany volume, in every app pod
+
+
+def uploads_claim_name(v: Values) -> str:
+    return f"{v.name}-uploads"
+
+
+def uploads_claim(v: Values) -> dict[str, Any]:
+    """One volume every app pod mounts (ReadWriteMany), so any of them reads any session's uploads."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": v.uploads.size}}}
+    if v.uploads.storageClassName:
+        spec["storageClassName"] = v.uploads.storageClassName
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": metadata(v, uploads_claim_name(v), "app"), "spec": spec}
 # --------------------------------------------------------------------------- app objects
 
 
@@ -73,6 +87,12 @@ def env_config_map(v: Values) -> dict[str, Any]:
     }
     if v.autogen.enabled:  # users' messages into the requests stream, where cl-scale autogen reads them
         data["CL_SCALE_PUBLISH_REQUESTS"] = "true"
+    if v.uploads.storage != "local":
+        data["CL_SCALE_UPLOADS"] = v.uploads.storage
+    if v.uploads.storage == "redis":
+        data["CL_SCALE_UPLOADS_MAX_MB"] = str(v.uploads.maxMB)
+    if v.uploads.storage == "shared":
+        data["CL_SCALE_UPLOADS_DIR"] = UPLOADS_DIR
     data.update({key: str(value) for key, value in v.app.env.items()})
     return {
         "apiVersion": "v1",
@@ -178,6 +198,7 @@ def _app_container(v: Values) -> dict[str, Any]:
             *([{"name": "chainlit-config", "mountPath": f"{APP_ROOT}/.chainlit/config.toml",
                 "subPath": "config.toml", "readOnly": True}] if v.app.chainlitConfig else []),
             {"name": "tmp", "mountPath": "/tmp"},
+            *([{"name": "uploads", "mountPath": UPLOADS_DIR}] if v.uploads.storage == "shared" else []),
             *secret_volumes(redis_mounts(v))[1],
         ],
     }
@@ -259,6 +280,8 @@ def deployment(v: Values) -> dict[str, Any]:
                     *([{"name": "chainlit-config", "configMap": {"name": chainlit_configmap_name(v)}}]
                       if v.app.chainlitConfig else []),
                     {"name": "tmp", "emptyDir": {}},
+                    *([{"name": "uploads", "persistentVolumeClaim": {"claimName": uploads_claim_name(v)}}]
+                      if v.uploads.storage == "shared" else []),
                     *secret_volumes(redis_mounts(v))[0],
                 ],
             },
@@ -353,6 +376,8 @@ def files_objects(v: Values) -> dict[str, list[dict[str, Any]]]:
     if v.redis.enabled:
         files["redis-service.yaml"] = [redis_service(v)]
         files["redis-statefulset.yaml"] = [redis_statefulset(v)]
+    if v.uploads.storage == "shared":
+        files["uploads-pvc.yaml"] = [uploads_claim(v)]
     files["service.yaml"] = [service(v)]
     files["deployment.yaml"] = [deployment(v)]
     if v.hpa.enabled:

@@ -453,6 +453,24 @@ def check_policies(docs: list[dict], problems: list[str]) -> None:
                 problems.append(f"{where}: CPU utilisation target without a CPU request")
 
 
+def check_claims(docs: list[dict], problems: list[str]) -> None:
+    """Every claim a pod mounts is rendered, and one that several pods share is ReadWriteMany."""
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for w, t in pod_templates(docs):
+        for vol in t["spec"].get("volumes", []):
+            name = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if name is None:
+                continue
+            if name not in claims:
+                problems.append(f"{w['metadata']['name']}: volume claim {name} not rendered")
+            elif w["kind"] == "Deployment" and "ReadWriteMany" not in claims[name]["spec"].get("accessModes", []):
+                problems.append(f"{w['metadata']['name']}: claim {name} shared by replicas is not ReadWriteMany")
+    used = {(v.get("persistentVolumeClaim") or {}).get("claimName") for _, t in pod_templates(docs)
+            for v in t["spec"].get("volumes", [])}
+    for name in set(claims) - used:
+        problems.append(f"PersistentVolumeClaim/{name} mounted by no pod")
+
+
 def check_no_secrets(docs: list[dict], problems: list[str]) -> None:
     for d in docs:
         if d["kind"] == "Secret":
@@ -476,9 +494,10 @@ def check_all(docs: list[dict], *, namespace: str, secret_keys: dict[str, set[st
         check_backend_traffic_policy(policy, docs, problems)
     check_policies(docs, problems)
     check_no_secrets(docs, problems)
+    check_claims(docs, problems)
     unknown = {d["kind"] for d in docs} - {
         "Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment", "StatefulSet", "Ingress",
-        "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", *CRD_KINDS}
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "PersistentVolumeClaim", *CRD_KINDS}
     if unknown:
         problems.append(f"kinds without checks here: {unknown}")
     return problems

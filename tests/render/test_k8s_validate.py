@@ -25,6 +25,7 @@ MATRIX = [
     # sticky,   exposure,        redis,      hpa,   tls,  extra values
     ("cookie", "ingress-nginx", "external", False, False,
      {"redis": {"tls": {"caSecret": "redis-ca", "clientCertSecret": "redis-client"}},
+      "uploads": {"storage": "shared", "size": "50Gi", "storageClassName": "nfs-client"},
       "grpcGateway": {"enabled": True, "serviceType": "NodePort", "clientCIDRs": ["203.0.113.0/24"],
                       "tls": {"secretName": "gateway-tls", "clientCaSecret": "workers-ca"}}}),
     ("ip_hash", "ingress-nginx", "bundled", True, True, {}),
