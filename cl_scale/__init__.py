@@ -15,7 +15,8 @@ _LAZY = {
 }
 
 #: A reply cut short because its instance died: run the handler again on the instance that restores
-#: the session (once), instead of finishing the reply with ``interrupted_notice``. Set it in the app.
+#: the session (once), instead of finishing the reply with ``interrupted_notice``. Set it in the app: a
+#: bool, or ``(message: dict) -> bool`` deciding per user message (Chainlit's dict: ``id``, ``output``...).
 rerun_interrupted = False
 #: The chat's notice for an interrupted reply (None: cl-scale's English one); set it to translate.
 interrupted_notice = None

@@ -20,14 +20,24 @@ NOTICE = ("*(The reply to your last message was interrupted: the server preparin
           "Please send your message again.)*")
 
 
-def _settings() -> tuple[bool, str]:
+def _settings(message: dict) -> tuple[bool, str]:
+    """(re-run?, notice): ``cl_scale.rerun_interrupted`` is a bool, or ``(message: dict) -> bool`` to decide
+    per message (e.g. re-run questions, not requests that had side effects)."""
     import cl_scale
 
-    return bool(getattr(cl_scale, "rerun_interrupted", False)), getattr(cl_scale, "interrupted_notice", None) or NOTICE
+    rerun = getattr(cl_scale, "rerun_interrupted", False)
+    if callable(rerun):
+        try:
+            rerun = rerun(message)
+        except Exception:  # noqa: BLE001 - the app's predicate failed: the safe answer is the notice
+            log.exception("cl_scale.rerun_interrupted raised: not re-running")
+            rerun = False
+    return bool(rerun), getattr(cl_scale, "interrupted_notice", None) or NOTICE
 
 
 async def resume(hooks, session, entry: Entry) -> None:
-    rerun, notice = _settings()
+    rerun, notice = _settings(dict((entry.payload or {}).get("message") or {})) if entry.state == "running" \
+        else (False, "")
     if entry.state == "pending" or (rerun and entry.attempts < MAX_ATTEMPTS):
         hooks.state.enter(session)
         if entry.reply and entry.state == "running":

@@ -7,7 +7,9 @@ import chainlit as cl
 import cl_scale
 
 INSTANCE = os.environ.get("CL_SCALE_INSTANCE_ID", "?")
-cl_scale.rerun_interrupted = os.environ.get("TEST_RERUN_INTERRUPTED") == "1"
+# re-run interrupted replies, except for messages that say so (a per-message decision)
+cl_scale.rerun_interrupted = ((lambda message: "norerun" not in message.get("output", ""))
+                              if os.environ.get("TEST_RERUN_INTERRUPTED") == "1" else False)
 
 
 @cl.on_chat_start
@@ -51,7 +53,7 @@ async def on_message(message: cl.Message):
     elif text.startswith("slowstream "):  # a reply long enough to kill its instance in the middle
         import asyncio
 
-        _, n, pause = text.split()
+        _, n, pause = text.split()[:3]
         msg = cl.Message(content="")
         for i in range(int(n)):
             await msg.stream_token(f"s{i} ")

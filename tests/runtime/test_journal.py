@@ -105,13 +105,13 @@ async def test_messages_sent_during_a_rolling_restart_are_all_answered(cluster):
     assert journaled >= 1, "the rolling restart never hit a closing instance: the test proves nothing"
 
 
-async def _killed_mid_reply(cluster, rerun: bool):
+async def _killed_mid_reply(cluster, rerun: bool, text: str = "slowstream 30 0.1"):
     env = {"TEST_RERUN_INTERRUPTED": "1"} if rerun else {}
     a, b = cluster.start(2, env=env).instances
     client = ChainlitClient(a.url, reconnection=False)
     await client.connect()
     await client.wait_for(lambda: starts(client), 20)
-    await client.send("slowstream 30 0.1")
+    await client.send(text)
     await client.wait_for(lambda: client.counts.get("stream_token", 0) >= 5, 20)  # a few tokens shown
     a.kill()
     await client.close()
@@ -146,6 +146,17 @@ async def test_with_rerun_interrupted_the_user_simply_gets_the_answer(cluster):
         partial = {d.get("id") for _, e, d in client.events if e == "stream_start" and isinstance(d, dict)}
         removed = {d.get("id") for _, e, d in again.events if e == "delete_message" and isinstance(d, dict)}
         assert partial and partial <= removed  # the partial reply was taken off the screen
+    finally:
+        await again.close()
+
+
+async def test_rerun_decided_per_message(cluster):
+    """``cl_scale.rerun_interrupted`` as a predicate: this message says no, so the notice, not a re-run."""
+    client, again = await _killed_mid_reply(cluster, rerun=True, text="slowstream 30 0.1 norerun")
+    try:
+        await again.wait_for(lambda: any("was interrupted" in str(m.get("output")) for m in again.messages()), 20)
+        await asyncio.sleep(1.0)
+        assert not any(str(m.get("output")).startswith("s0 ") for m in again.messages())
     finally:
         await again.close()
 
