@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 COMMANDS = ["up", "status", "down", "doctor", "loadtest", "bench", "render", "render-k8s", "init", "run", "send",
-            "gateway", "bridge", "workers", "redis-acl", "dlq", "dlq list", "dlq replay", "dlq purge"]
+            "gateway", "bridge", "autogen", "autogen-host", "workers", "redis-acl", "dlq", "dlq list", "dlq replay", "dlq purge"]
 
 
 def test_the_command_list_is_complete():

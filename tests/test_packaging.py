@@ -75,14 +75,26 @@ def is_grpc(path: Path) -> bool:
     return path.relative_to(PACKAGE).as_posix() in GRPC_ONLY
 
 
+#: The AutoGen integration and its benchmark: the ``autogen`` extra.
+AUTOGEN_ONLY = ("integrations/autogen", "bench/autogen.py")
+
+
+def is_autogen(path: Path) -> bool:
+    return path.relative_to(PACKAGE).as_posix().startswith(AUTOGEN_ONLY)
+
+
 def test_every_import_is_declared_where_it_is_used():
     files = list(PACKAGE.rglob("*.py"))
     # Chainlit (pinned) brings these, and cl-scale uses them as Chainlit's parts: its server, its app.
     through_chainlit = {"starlette", "uvicorn", "python-engineio", "packaging", "nest-asyncio"}
-    missing_base = distributions(imported(p for p in files if not (is_loadtest(p) or is_bridge(p) or is_grpc(p)))) \
-        - declared(None) - through_chainlit
+    missing_base = distributions(imported(p for p in files if not (is_loadtest(p) or is_bridge(p) or is_grpc(p)
+                                                                  or is_autogen(p)))) - declared(None) - through_chainlit
     assert not missing_base, f"imported by cl-scale but not declared: {sorted(missing_base)}"
-    missing_extra = distributions(imported(p for p in files if is_loadtest(p))) - declared("loadtest") - through_chainlit
+    missing_autogen = distributions(imported(p for p in files if is_autogen(p))) - declared(None) \
+        - declared("autogen") - declared("loadtest") - through_chainlit
+    assert not missing_autogen, f"imported by the AutoGen integration but not in the autogen extra: {missing_autogen}"
+    missing_extra = distributions(imported(p for p in files if is_loadtest(p) and not is_autogen(p))) \
+        - declared("loadtest") - through_chainlit
     assert not missing_extra, f"imported by loadtest/bench but not in the loadtest extra: {sorted(missing_extra)}"
     bridges = declared("bridges") | declared("kafka") | declared("amqp")
     missing_bridges = distributions(imported(p for p in files if is_bridge(p))) - declared(None) - bridges

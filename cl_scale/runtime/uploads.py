@@ -64,7 +64,7 @@ class UploadStore:
         if total + len(data) > self.max_bytes:
             del session.files[file_id]
             path.unlink(missing_ok=True)
-            from fastapi import HTTPException
+            from starlette.exceptions import HTTPException  # FastAPI answers it as {"detail": ...}
 
             raise HTTPException(status_code=413, detail=(
                 f"this chat's uploads would exceed {self.max_bytes // (1024 * 1024)} MB "

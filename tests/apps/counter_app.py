@@ -54,6 +54,9 @@ async def on_message(message: cl.Message):
         import asyncio
 
         _, n, pause = text.split()[:3]
+        if os.environ.get("TEST_RUN_LOG"):  # every run of this handler, for tests that count them
+            with open(os.environ["TEST_RUN_LOG"], "a") as runs:
+                runs.write(f"{message.id} {INSTANCE}\n")
         msg = cl.Message(content="")
         for i in range(int(n)):
             await msg.stream_token(f"s{i} ")

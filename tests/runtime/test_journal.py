@@ -106,7 +106,7 @@ async def test_messages_sent_during_a_rolling_restart_are_all_answered(cluster):
 
 
 async def _killed_mid_reply(cluster, rerun: bool, text: str = "slowstream 30 0.1"):
-    env = {"TEST_RERUN_INTERRUPTED": "1"} if rerun else {}
+    env = {"TEST_RERUN_INTERRUPTED": "1", "TEST_RUN_LOG": str(cluster.work_dir / "runs.log")} if rerun else {}
     a, b = cluster.start(2, env=env).instances
     client = ChainlitClient(a.url, reconnection=False)
     await client.connect()
@@ -146,6 +146,10 @@ async def test_with_rerun_interrupted_the_user_simply_gets_the_answer(cluster):
         partial = {d.get("id") for _, e, d in client.events if e == "stream_start" and isinstance(d, dict)}
         removed = {d.get("id") for _, e, d in again.events if e == "delete_message" and isinstance(d, dict)}
         assert partial and partial <= removed  # the partial reply was taken off the screen
+        runs = (cluster.work_dir / "runs.log").read_text().split("\n")[:-1]
+        assert [r.split()[1] for r in runs] == ["inst1", "inst2"] and len({r.split()[0] for r in runs}) == 1
+        answers = [m for m in again.messages() if m.get("output") == full]
+        assert len(answers) == 1  # one complete answer
     finally:
         await again.close()
 
@@ -190,3 +194,38 @@ async def test_a_handler_that_kills_every_instance_runs_at_most_twice(cluster):
         assert c.proc.alive()
     finally:
         await third.close()
+
+
+async def test_twelve_streamed_replies_in_flight_and_one_instance_killed(cluster):
+    """Each of 12 sessions (4 per instance) has a streamed reply in flight; one instance is SIGKILLed.
+    Its 4 sessions each get exactly one notice on reconnecting elsewhere; the other 8 finish their
+    replies and see nothing unusual."""
+    a, b, c = cluster.start(3).instances
+    clients = [ChainlitClient(inst.url, reconnection=False) for inst in (a, b, c) for _ in range(4)]
+    await asyncio.gather(*(cl.connect() for cl in clients))
+    await asyncio.gather(*(cl.wait_for(lambda cl=cl: starts(cl), 20) for cl in clients))
+    full = " ".join(f"s{i}" for i in range(40)) + " "
+    moved = []
+    try:
+        for cl in clients:
+            await cl.send("slowstream 40 0.1")
+        await asyncio.gather(*(cl.wait_for(lambda cl=cl: cl.counts.get("stream_token", 0) >= 3, 20) for cl in clients))
+        a.kill()
+        for cl in clients[:4]:
+            await cl.close()
+            again = ChainlitClient(b.url, session_id=cl.session_id, thread_id=cl.thread_id, reconnection=False)
+            await again.connect()
+            moved.append(again)
+        for again in moved:
+            await again.wait_for(lambda again=again: any("was interrupted" in str(m.get("output"))
+                                                         for m in again.messages()), 20)
+        for cl in clients[4:]:
+            await cl.wait_for(lambda cl=cl: any(m.get("output") == full for m in cl.messages()), 30)
+        await asyncio.sleep(1.0)
+        for again in moved:
+            assert sum("was interrupted" in str(m.get("output")) for m in again.messages()) == 1
+        for cl in clients[4:]:
+            assert not any("was interrupted" in str(m.get("output")) for m in cl.messages())
+    finally:
+        for cl in clients[4:] + moved:
+            await cl.close()
