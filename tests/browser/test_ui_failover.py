@@ -108,3 +108,37 @@ def test_browser_page_survives_sigkill_of_its_instance(cluster):
                   f"({victim.name} -> {after['instance']})")
         finally:
             browser.close()
+
+
+def test_browser_shows_the_interrupted_notice_after_a_sigkill_mid_reply(cluster):
+    """Chainlit's own UI: a streamed reply is cut by SIGKILL of its instance; after the page reconnects by
+    itself, the chat shows the partial reply and, after it, the interrupted notice — once."""
+    cluster.start(3, nginx=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 800})
+            context.route("**/*", _loopback_only)
+            page = context.new_page()
+            page.goto(cluster.nginx.url, timeout=60_000)
+            page.locator(REPLY, has_text="started on").first.wait_for(timeout=60_000)
+            first = _ask(page, "hello")
+            page.fill("#chat-input", "slowstream 80 0.1")
+            page.press("#chat-input", "Enter")
+            page.locator(REPLY, has_text="s5 ").first.wait_for(timeout=30_000)  # streaming, mid-reply
+            killed_at = time.monotonic()
+            cluster.by_name(first["instance"]).kill()
+            notice = page.locator(REPLY, has_text="was interrupted")
+            notice.first.wait_for(timeout=60_000)
+            shown_s = time.monotonic() - killed_at
+            page.screenshot(path=str(ARTIFACTS / "4-interrupted-notice.png"), full_page=True)
+            page.wait_for_timeout(1000)
+            assert notice.count() == 1
+            assert page.locator(REPLY, has_text="s5 ").count() == 1  # the partial reply is still there
+            after = _ask(page, "after")
+            assert after["instance"] != first["instance"] and after["thread"] == first["thread"]
+            print(f"interrupted notice shown {shown_s:.2f}s after SIGKILL")
+        finally:
+            browser.close()
