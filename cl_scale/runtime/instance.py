@@ -68,7 +68,7 @@ class Instance:
                                                        max_bytes=settings.uploads_max_mb * 1024 * 1024,
                                                        ttl=settings.session_timeout or 3600),
                                    journal=Journal(self.redis, self.keys, f"{settings.instance_id}/{uuid.uuid4().hex[:8]}",
-                                                   ttl=settings.session_timeout or 3600))
+                                                   ttl=settings.session_timeout or 3600) if settings.journal else None)
         self.hooks.release_callbacks += [self.renderer.release, self.delivery.release]
         self.draining = False  # readiness off; still serving its clients
         self.closing = False  # drained: new messages are refused (clients re-send them elsewhere)

@@ -100,6 +100,9 @@ class RuntimeSettings:
     #: Where uploads live so another instance can serve them after the owner dies (``runtime.uploads``):
     #: ``local`` (the owner's disk; lost with it), ``shared`` (``uploads_dir``, a directory every
     #: instance mounts, e.g. a ReadWriteMany volume) or ``redis`` (bounded per session by ``uploads_max_mb``).
+    #: Journal unfinished user messages (``runtime.journal``): two Redis writes per message buy "nothing
+    #: the user sent is lost" across a shutdown or a crash. Off: stock behaviour.
+    journal: bool = True
     uploads: str = "local"
     uploads_dir: str | None = None
     uploads_max_mb: int = 20
@@ -131,6 +134,7 @@ class RuntimeSettings:
             websocket_only=_flag("CL_SCALE_WEBSOCKET_ONLY", _env("CL_SCALE_WEBSOCKET_ONLY", "false")),
             publish_requests=_flag("CL_SCALE_PUBLISH_REQUESTS", _env("CL_SCALE_PUBLISH_REQUESTS", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),
+            journal=_flag("CL_SCALE_JOURNAL", _env("CL_SCALE_JOURNAL", "true")),
             uploads=_env("CL_SCALE_UPLOADS", "local"),
             uploads_dir=_env("CL_SCALE_UPLOADS_DIR"),
             uploads_max_mb=_number("CL_SCALE_UPLOADS_MAX_MB", _env("CL_SCALE_UPLOADS_MAX_MB", "20"), int, 1, 1024),
