@@ -218,14 +218,15 @@ class SentinelGroup:
     failover. Sentinel rewrites its config file, so each one has its own in ``tmp``.
 
     :param down_after_ms: how long the primary must be silent before the sentinels agree it is down.
+    :param replica: start the replica (False: a primary alone, which no failover can replace).
     """
 
     SERVICE = "mymaster"
 
-    def __init__(self, tmp: Path, down_after_ms: int = 1000):
+    def __init__(self, tmp: Path, down_after_ms: int = 1000, replica: bool = True):
         self.tmp, self.down_after_ms = Path(tmp), down_after_ms
         self.primary = RedisServer(self._dir("primary"))
-        self.replica = RedisServer(self._dir("replica"))
+        self.replica = RedisServer(self._dir("replica")) if replica else None
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[Proc] = []
 
@@ -242,8 +243,9 @@ class SentinelGroup:
     def start(self) -> "SentinelGroup":
         try:
             self.primary.start()
-            self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
-            self.replica.start()
+            if self.replica is not None:
+                self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+                self.replica.start()
             binary = shutil.which("redis-sentinel")
             if binary is None:
                 raise RuntimeError("redis-sentinel not found: apt-get install redis-sentinel")
@@ -257,7 +259,8 @@ class SentinelGroup:
                 proc = Proc([binary, str(conf)], log_path=conf.parent / "sentinel.log").start()
                 self.sentinels.append(proc)
                 wait_port(port, 10)
-            self.wait_synced()
+            if self.replica is not None:
+                self.wait_synced()
         except BaseException:
             self.stop()
             raise
@@ -302,7 +305,8 @@ class SentinelGroup:
     def stop(self) -> None:
         for proc in self.sentinels:
             proc.stop()
-        self.replica.stop()
+        if self.replica is not None:
+            self.replica.stop()
         self.primary.stop()
 
 

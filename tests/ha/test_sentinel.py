@@ -102,3 +102,41 @@ async def test_primary_killed_mid_chat_with_workers_flowing(cluster, sentinels, 
         await pub.aclose()
         for c in clients:
             await c.close()
+
+
+async def test_primary_killed_with_no_replica_is_not_ready_then_recovers(cluster, tmp_path):
+    """No replica to promote: instances say not-ready (with the reason) while the primary is gone, and
+    serve again, same sessions, once it is back."""
+    group = SentinelGroup(tmp_path / "solo", replica=False).start()
+    try:
+        cluster._redis_url, cluster.redis = group.url, None
+        a, b = cluster.start(2).instances
+        client = ChainlitClient(a.url)
+        await client.connect()
+        await client.wait_for(lambda: starts(client), 20)
+        await client.ask("before", contains="echo=before")
+        group.kill_primary()
+        for _ in range(150):  # bounded: until both report not-ready
+            if all(http_status(i.url + "/readyz") == 503 for i in (a, b)):
+                break
+            await asyncio.sleep(0.2)
+        assert all(http_status(i.url + "/readyz") == 503 for i in (a, b))
+        import json
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(a.url + "/readyz", timeout=3)
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())  # the reason, not just a 503: Redis, or the listener proven through it
+            assert body["ready"] is False and not (body["redis"] and body["listener"]), body
+        group.restart_old_primary()
+        for _ in range(150):  # bounded: until both are ready again
+            if all(http_status(i.url + "/readyz") == 200 for i in (a, b)):
+                break
+            await asyncio.sleep(0.2)
+        assert all(http_status(i.url + "/readyz") == 200 for i in (a, b))
+        reply = fields(await client.ask("after", contains="echo=after", timeout=30))
+        assert reply["count"] == "2" and len(starts(client)) == 1
+        await client.close()
+    finally:
+        group.stop()
