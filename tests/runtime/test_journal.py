@@ -229,3 +229,121 @@ async def test_twelve_streamed_replies_in_flight_and_one_instance_killed(cluster
     finally:
         for cl in clients[4:] + moved:
             await cl.close()
+
+
+class BusyUser(PatientUser):
+    """A patient user whose messages alternate: an echo, a streamed reply, and a question about a file
+    uploaded earlier (``CL_SCALE_UPLOADS=redis``: readable wherever the session moves)."""
+
+    def __init__(self, client: ChainlitClient, redis_url: str, file_id: str, digest: str):
+        super().__init__(client, redis_url)
+        self.file_id, self.digest, self.streams = file_id, digest, 0
+        self.full_stream = " ".join(f"t{i}" for i in range(20)) + " "
+
+    def streamed(self) -> int:
+        ids = {m["id"] for m in self.client.messages() if m.get("output") == self.full_stream}
+        return len(ids)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            kind = n % 3
+            text = {0: f"p{n}.", 1: "stream 20", 2: "filehash"}[kind]
+            await self.client.wait_for(lambda: self.client.sio.connected, 60)
+            try:
+                files = [{"id": self.file_id}] if kind == 2 else []
+                message_id = await self.client.send_with_files(text, files)
+            except Exception:  # noqa: BLE001 - not connected after all: never sent
+                n -= 1
+                await asyncio.sleep(0.2)
+                continue
+            want_streams = self.streams + 1
+
+            def done(kind=kind, text=text, since=len(self.client.events), want_streams=want_streams) -> bool:
+                if kind == 1:
+                    return self.streamed() >= want_streams
+                needle = f"echo={text}" if kind == 0 else f"echo=filehash={self.digest}"
+                return any(needle in str(m.get("output")) for m in self.client.messages(since))
+
+            try:
+                await self.client.wait_for(done, 10)
+            except TimeoutError:
+                if not await reached(self.redis_url, message_id):
+                    self.lost_in_transport.append(text)
+                    n -= 1
+                    continue
+                try:
+                    await self.client.wait_for(done, 50)
+                except TimeoutError:
+                    raise AssertionError(f"session {self.client.session_id}: {text} reached an instance and "
+                                         "was never answered") from None
+            if kind == 1:
+                self.streams += 1
+            self.sent.append(text)
+            await asyncio.sleep(0.02)
+
+
+async def test_rolling_restart_with_uploads_streams_and_workers_in_flight(cluster):
+    """Six users chat (echoes, streamed replies, questions about their uploaded file) while a worker
+    sends into every session every 50 ms and each of 3 instances is restarted in turn: every message
+    that reached an instance answered once, every streamed reply complete once, every upload readable
+    wherever the session went, every accepted worker message shown once."""
+    import hashlib
+
+    from cl_scale.worker import Publisher
+    from tests.worker.helpers import shown
+
+    cluster.start(3, nginx=True, env={"CL_SCALE_DRAIN_SECONDS": "5", "CL_SCALE_PUBLISH_REQUESTS": "1",
+                                      "CL_SCALE_UPLOADS": "redis", "CL_SCALE_WORKER_KEYS": "k1:secret-one"})
+    clients = [ChainlitClient(cluster.nginx.url, source_address=f"127.0.{n + 1}.1") for n in range(6)]
+    await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+    await asyncio.gather(*(c.wait_for(lambda c=c: starts(c), 20) for c in clients))
+    users = []
+    for i, c in enumerate(clients):
+        content = f"file of user {i}\n".encode() * 500
+        uploaded = await c.upload(f"u{i}.txt", content)
+        users.append(BusyUser(c, cluster.redis_url, uploaded["id"], hashlib.sha256(content).hexdigest()))
+    pub = Publisher(cluster.redis_url, "k1", "secret-one")
+    stop = asyncio.Event()
+    sent: list[tuple[str, str]] = []
+
+    async def worker():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            for c in clients:
+                await pub.send(c.session_id, f"w{k:04d}", message_id=f"w{k:04d}-{c.session_id[:8]}")
+                sent.append((c.session_id, f"w{k:04d}"))
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(u.run(stop)) for u in users] + [asyncio.create_task(worker())]
+    try:
+        await asyncio.sleep(1.0)
+        for inst in list(cluster.instances):
+            await asyncio.to_thread(cluster.restart, inst)
+            await asyncio.sleep(1.0)
+        stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=120)
+        assert not pending
+        for t in done:
+            t.result()
+        await pub.flush(30)
+        for c in clients:
+            want = sorted(text for sid, text in sent if sid == c.session_id)
+            await c.wait_for(lambda c=c, want=want: sorted(set(shown([c]))) == want, 30)
+            assert len(shown([c])) == len(want)  # each once
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await pub.aclose()
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    for u in users:
+        echoes = [t for t in u.sent if t.startswith("p")]
+        assert [a for a in u.answers() if a.startswith("p")] == echoes  # each once, in order
+        assert u.streamed() == u.streams  # each streamed reply complete, once
+        assert u.sent.count("filehash") >= 1
+    print(f"messages answered: {sum(len(u.sent) for u in users)}, streamed replies: "
+          f"{sum(u.streams for u in users)}, worker messages: {len(sent)}, lost in transport: "
+          f"{sum(len(u.lost_in_transport) for u in users)}")
