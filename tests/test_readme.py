@@ -62,3 +62,13 @@ def test_readme_autogen_block_is_generated_from_autogen_json():
     results = json.loads((README.parent / "bench" / "autogen.json").read_text())
     block = README.read_text().split(autogen.MARK_START + "\n", 1)[1].split("\n" + autogen.MARK_END, 1)[0]
     assert block == autogen.readme_section(results), "regenerate: cl-scale bench --readme README.md"
+
+
+def test_readme_failover_block_is_generated_from_failover_json():
+    import json
+
+    from cl_scale.bench import failover
+
+    results = json.loads((README.parent / "bench" / "failover.json").read_text())
+    block = README.read_text().split(failover.MARK_START + "\n", 1)[1].split("\n" + failover.MARK_END, 1)[0]
+    assert block == failover.readme_section(results), "regenerate: cl-scale bench --readme README.md"

@@ -94,6 +94,7 @@ def loadtest_cmd(
         "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
         "  cl-scale bench --paths                          # SDK vs HTTP gateway vs Kafka vs RabbitMQ bridge\n"
         "  cl-scale bench --autogen                        # AutoGen group chats: 1, 10, 100 at once\n"
+        "  cl-scale bench --failover                       # SIGKILL -> notice / re-run, Sentinel, journal cost\n"
         "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
@@ -111,6 +112,9 @@ def bench_cmd(
     paths: bool = typer.Option(False, "--paths", help="Instead: the four worker paths side by side (Redis SDK, "
                                "HTTP gateway, Kafka bridge on tansu, RabbitMQ bridge): latency and sustained "
                                "delivery of 10,000 messages each; writes paths.json and plots/paths.png."),
+    failover: bool = typer.Option(False, "--failover", help="Instead: seconds from a SIGKILL to the interrupted "
+                                  "notice / the re-run's first token, a Redis failover behind Sentinel, and the "
+                                  "journal's cost side by side; writes failover.json and plots/failover.png."),
     autogen: bool = typer.Option(False, "--autogen", help="Instead: distributed AutoGen group chats (1, 10, 100 at "
                                  "once) against AutoGen alone in one process: turns/s, chunk latency, lost; writes "
                                  "autogen.json and plots/autogen.png."),
@@ -128,7 +132,20 @@ def bench_cmd(
 
         if (out_dir / "autogen.json").is_file() and autogen_bench.MARK_START in readme.read_text():
             autogen_bench.update_readme(readme, out_dir / "autogen.json")
+        from cl_scale.bench import failover as failover_bench
+
+        if (out_dir / "failover.json").is_file() and failover_bench.MARK_START in readme.read_text():
+            failover_bench.update_readme(readme, out_dir / "failover.json")
         typer.echo(f"updated {readme} from {out_dir}")
+        return
+    if failover:
+        from cl_scale.bench import failover as failover_bench
+
+        run.check_optional_dependencies()
+        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
+        results = failover_bench.run(out_dir, quick=quick)
+        typer.echo(failover_bench.readme_section(results))
+        typer.echo(f"wrote {out_dir / 'failover.json'} and {out_dir / 'plots' / 'failover.png'}")
         return
     if autogen:
         from cl_scale.bench import autogen as autogen_bench
