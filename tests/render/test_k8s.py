@@ -321,7 +321,9 @@ def test_rendered_redis_command_runs(tmp_path):
     cmd = c["command"][:5] + [port, str(tmp_path)] + c["command"][7:]
     probe = c["readinessProbe"]["exec"]["command"][:-1] + [port]
     password = 'pa ss"word$x'
-    env = dict(os.environ, REDIS_PASSWORD=password)
+    from tests.render.conftest import redis7_path
+
+    env = dict(os.environ, REDIS_PASSWORD=password, PATH=redis7_path())
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
