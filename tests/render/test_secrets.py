@@ -91,6 +91,7 @@ def test_bundled_redis_start_script_creates_the_worker_user_in_a_real_redis(tmp_
 
     from cl_scale.ops.processes import Proc, free_port, wait_port
     from cl_scale.render.k8s_redis import start_args
+    from tests.render.conftest import redis7_path
 
     if not shutil.which("redis-server"):
         pytest.skip("redis-server not installed")
@@ -99,7 +100,8 @@ def test_bundled_redis_start_script_creates_the_worker_user_in_a_real_redis(tmp_
         data = tmp_path / f"data-{port}"
         data.mkdir()
         proc = Proc(start_args("64mb", port, str(data), "clscale"), log_path=tmp_path / f"redis-{port}.log",
-                    env={"REDIS_PASSWORD": "admin-pw", "REDIS_WORKER_PASSWORD": worker_password}).start()
+                    env={"REDIS_PASSWORD": "admin-pw", "REDIS_WORKER_PASSWORD": worker_password,
+                         "PATH": redis7_path()}).start()
         try:
             wait_port(port, 10)
             admin = redis.Redis(port=port, password="admin-pw")
