@@ -455,15 +455,9 @@ def readme_section(results: dict) -> str:
 
 
 def update_readme(readme: Path, results_path: Path) -> None:
-    from cl_scale.errors import UserError
+    from cl_scale.bench.report import replace_block
 
-    text = readme.read_text()
-    if MARK_START not in text or MARK_END not in text:
-        raise UserError(f"{readme}: needs the markers {MARK_START} and {MARK_END}")
-    results = json.loads(results_path.read_text())
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    readme.write_text(f"{head}{MARK_START}\n{readme_section(results)}\n{MARK_END}{tail}")
+    replace_block(readme, MARK_START, MARK_END, readme_section(json.loads(results_path.read_text())))
 
 
 def plot(results: dict, target: Path) -> Path:

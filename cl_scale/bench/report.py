@@ -194,3 +194,13 @@ def plot(report: dict, plots: Path) -> list[Path]:
     plt.close(fig_all)
     written.append(plots / "summary.png")
     return written
+
+
+def replace_block(readme: Path, start: str, end: str, section: str) -> None:
+    """Rewrite what lies between the ``start`` and ``end`` markers of ``readme`` (the generated blocks)."""
+    text = readme.read_text()
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise UserError(f"{readme}: needs the markers {start} and {end} (in that order)")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{section}\n{end}{tail}")

@@ -37,6 +37,7 @@ from cl_scale.render.k8s_common import (
     labels,
     metadata,
     redis_url,
+    secret_env,
     secret_volumes,
     selector,
 )
@@ -129,19 +130,13 @@ def chainlit_config_map(v: Values) -> dict[str, Any]:
     }
 
 
-def _secret_env(v: Values, key: str, optional: bool) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": v.auth.secretName, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": key, "valueFrom": {"secretKeyRef": ref}}
-
 
 def _container_env(v: Values) -> list[dict[str, Any]]:
     """Pod identity from the downward API (POD_* first: ``$(POD_IP)`` only expands names defined
     above it; the runtime brackets an IPv6 address), the Redis URL, and secrets by reference.
     REDIS_PASSWORD is required with the bundled Redis (which refuses to start without one) and
     optional with an external one. Explicit ``env`` wins over the Secret loaded whole by ``envFrom``."""
-    url = (_secret_env(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
+    url = (secret_env(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
            else {"name": "CL_SCALE_REDIS_URL", "value": k8s_literal(redis_url(v))})
     return [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -149,11 +144,11 @@ def _container_env(v: Values) -> list[dict[str, Any]]:
         {"name": "CL_SCALE_INSTANCE_ID", "value": "$(POD_NAME)"},
         {"name": "CL_SCALE_ADVERTISE_HOST", "value": "$(POD_IP)"},
         url,
-        _secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
-        _secret_env(v, "CHAINLIT_AUTH_SECRET", optional=False),
-        _secret_env(v, "CL_SCALE_WORKER_KEYS", optional=True),
-        _secret_env(v, "CL_SCALE_GATEWAY_TOKENS", optional=True),
-        _secret_env(v, "CL_SCALE_DOCTOR_TOKEN", optional=True),
+        secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
+        secret_env(v, "CHAINLIT_AUTH_SECRET", optional=False),
+        secret_env(v, "CL_SCALE_WORKER_KEYS", optional=True),
+        secret_env(v, "CL_SCALE_GATEWAY_TOKENS", optional=True),
+        secret_env(v, "CL_SCALE_DOCTOR_TOKEN", optional=True),
     ]
 
 

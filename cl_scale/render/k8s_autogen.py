@@ -18,7 +18,16 @@ from typing import Any
 from cl_scale.config.values import AutogenAgent, Values
 from cl_scale.render.certs import redis_mounts
 from cl_scale.render.k8s_bridges import POD_SECURITY
-from cl_scale.render.k8s_common import app_name, k8s_literal, labels, metadata, redis_url, secret_volumes, selector
+from cl_scale.render.k8s_common import (
+    app_name,
+    k8s_literal,
+    labels,
+    metadata,
+    redis_url,
+    secret_env,
+    secret_volumes,
+    selector,
+)
 from cl_scale.render.k8s_exposure import REDIS_CLIENT_LABEL
 
 AUTOGEN_LABEL = ("cl-scale.io/autogen", "true")
@@ -41,12 +50,6 @@ def agent_name(v: Values, a: AutogenAgent) -> str:
 def _agent_selector(v: Values, a: AutogenAgent) -> dict[str, str]:
     return {**selector(v, AGENT), "cl-scale.io/autogen-agent": a.name}
 
-
-def _secret(v: Values, key: str, optional: bool) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": v.auth.secretName, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": key, "valueFrom": {"secretKeyRef": ref}}
 
 
 def _deployment(v: Values, name: str, component: str, sel: dict, container: dict, replicas: int, *,
@@ -105,7 +108,7 @@ def host_service(v: Values) -> dict[str, Any]:
 
 def bridge_deployment(v: Values) -> dict[str, Any]:
     a = v.autogen
-    url_env = (_secret(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
+    url_env = (secret_env(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
                else {"name": "CL_SCALE_REDIS_URL", "value": k8s_literal(redis_url(v))})
     probe = {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 5, "timeoutSeconds": 3,
              "failureThreshold": 2}
@@ -118,8 +121,8 @@ def bridge_deployment(v: Values) -> dict[str, Any]:
         "ports": [{"name": "health", "containerPort": a.healthPort, "protocol": "TCP"}],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "HOME", "value": "/tmp"}, url_env,
-                _secret(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
-                _secret(v, "CL_SCALE_WORKER_KEYS", optional=False)],
+                secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
+                secret_env(v, "CL_SCALE_WORKER_KEYS", optional=False)],
         # ready = Redis answers and it serves the sink or stands by to take it over
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10,

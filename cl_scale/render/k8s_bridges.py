@@ -17,7 +17,16 @@ from typing import Any
 from cl_scale.config.values import Bridge, Values
 from cl_scale.contract import APP_UID
 from cl_scale.render.certs import redis_mounts
-from cl_scale.render.k8s_common import app_name, k8s_literal, labels, metadata, redis_url, secret_volumes, selector
+from cl_scale.render.k8s_common import (
+    app_name,
+    k8s_literal,
+    labels,
+    metadata,
+    redis_url,
+    secret_env,
+    secret_volumes,
+    selector,
+)
 from cl_scale.render.k8s_exposure import REDIS_CLIENT_LABEL
 
 #: Non-root; fsGroup so the 0440 certificate files of Secret volumes are readable.
@@ -38,12 +47,6 @@ def _selector(v: Values, b: Bridge) -> dict[str, str]:
     return {**selector(v, "bridge"), "cl-scale.io/bridge": b.name}
 
 
-def _secret(v: Values, key: str, optional: bool = True) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": v.auth.secretName, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": key, "valueFrom": {"secretKeyRef": ref}}
-
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "health"}, "periodSeconds": period, "timeoutSeconds": 3,
@@ -51,7 +54,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def deployment(v: Values, b: Bridge) -> dict[str, Any]:
-    url_env = (_secret(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
+    url_env = (secret_env(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
                else {"name": "CL_SCALE_REDIS_URL", "value": k8s_literal(redis_url(v))})
     args = ["bridge", k8s_literal(b.url), "--health-host", "0.0.0.0", "--health-port", str(b.healthPort),
             "--batch-size", str(b.batchSize), "--name", "$(POD_NAME)"]
@@ -68,9 +71,9 @@ def deployment(v: Values, b: Bridge) -> dict[str, Any]:
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "HOME", "value": "/tmp"},
             url_env,
-            _secret(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
-            _secret(v, "CL_SCALE_WORKER_KEYS"),
-            _secret(v, PASSWORD_KEY[_kind(b)]),
+            secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
+            secret_env(v, "CL_SCALE_WORKER_KEYS"),
+            secret_env(v, PASSWORD_KEY[_kind(b)]),
         ],
         "readinessProbe": _probe("/readyz", period=5, failures=2),
         "livenessProbe": _probe("/healthz", period=10, failures=3),

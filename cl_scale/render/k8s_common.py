@@ -55,6 +55,14 @@ def redis_url(v: Values) -> str:
     return with_redis_tls(v.redis.url, v)
 
 
+def secret_env(v: Values, key: str, optional: bool = True) -> dict[str, Any]:
+    """An env var read from key ``key`` of the Secret named by ``auth.secretName`` (never a value)."""
+    ref: dict[str, Any] = {"name": v.auth.secretName, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": key, "valueFrom": {"secretKeyRef": ref}}
+
+
 def secret_volumes(mounts) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(volumes, volumeMounts)`` of ``certs.CertMount`` s: only the named keys, read-only, mode 0440
     (the pod's fsGroup can read them, others cannot)."""

@@ -19,7 +19,16 @@ from typing import Any
 from cl_scale.config.values import Values
 from cl_scale.render.certs import gateway_args, gateway_mounts, redis_mounts
 from cl_scale.render.k8s_bridges import POD_SECURITY
-from cl_scale.render.k8s_common import app_name, k8s_literal, labels, metadata, redis_url, secret_volumes, selector
+from cl_scale.render.k8s_common import (
+    app_name,
+    k8s_literal,
+    labels,
+    metadata,
+    redis_url,
+    secret_env,
+    secret_volumes,
+    selector,
+)
 from cl_scale.render.k8s_exposure import GATEWAY_CLIENT_LABEL, REDIS_CLIENT_LABEL
 
 COMPONENT = "gateway"
@@ -28,12 +37,6 @@ COMPONENT = "gateway"
 def gateway_name(v: Values) -> str:
     return f"{v.name}-gateway"
 
-
-def _secret(v: Values, key: str, optional: bool) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": v.auth.secretName, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": key, "valueFrom": {"secretKeyRef": ref}}
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def args(v: Values) -> list[str]:
 
 def deployment(v: Values) -> dict[str, Any]:
     g = v.grpcGateway
-    url_env = (_secret(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
+    url_env = (secret_env(v, "CL_SCALE_REDIS_URL", optional=False) if v.redis.urlFromSecret
                else {"name": "CL_SCALE_REDIS_URL", "value": k8s_literal(redis_url(v))})
     mounts = [*redis_mounts(v), *gateway_mounts(v)]
     volumes, volume_mounts = secret_volumes(mounts)
@@ -66,9 +69,9 @@ def deployment(v: Values) -> dict[str, Any]:
         "env": [
             {"name": "HOME", "value": "/tmp"},
             url_env,
-            _secret(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
-            _secret(v, "CL_SCALE_WORKER_KEYS", optional=False),
-            _secret(v, "CL_SCALE_GATEWAY_TOKENS", optional=False),
+            secret_env(v, "REDIS_PASSWORD", optional=not v.redis.enabled),
+            secret_env(v, "CL_SCALE_WORKER_KEYS", optional=False),
+            secret_env(v, "CL_SCALE_GATEWAY_TOKENS", optional=False),
         ],
         "readinessProbe": _probe("/readyz", period=5, failures=2),
         "livenessProbe": _probe("/healthz", period=10, failures=3),
