@@ -46,8 +46,11 @@ class Delivery:
     :param settings: ``RuntimeSettings`` (keys, limits, instance id, Redis URL for the listener).
     """
 
-    def __init__(self, redis, keyspace: Keyspace, renderer, sync, settings):
+    def __init__(self, redis, keyspace: Keyspace, renderer, sync, settings, on_taken=None):
+        """:param on_taken: ``(session id) -> None``, for a takeover notice on this instance's wake
+            channel (``wire.messages.taken_notice``): a peer claimed a session held here."""
         self.redis, self.ks, self.renderer, self.sync, self.settings = redis, keyspace, renderer, sync, settings
+        self.on_taken = on_taken or (lambda session_id: None)
         self.keys = m.parse_keys(settings.worker_keys)
         self.outbox_ttl = settings.worker_outbox_ttl
         self.max_age = settings.worker_max_age or settings.worker_outbox_ttl
@@ -114,6 +117,10 @@ class Delivery:
                 await pubsub.subscribe(self.ks.wake_channel(self.settings.instance_id))
                 delay = 0.1
                 async for message in pubsub.listen():
+                    taken = m.parse_taken(message["data"])
+                    if taken is not None:
+                        self.on_taken(taken)
+                        continue
                     sid, entry = m.parse_wake(message["data"])
                     if self.renderer.session(sid) is not None:
                         self.kick(sid, entry)

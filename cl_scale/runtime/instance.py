@@ -48,7 +48,8 @@ class Instance:
         self.settings, self.sio = settings, sio
         self.keys = Keyspace(settings.prefix)
         self.redis = connect(settings.redis_url, timeout=settings.redis_timeout)
-        self.store = SessionStore(self.redis, self.keys, instance_id=settings.instance_id,
+        self.run = uuid.uuid4().hex[:12]  # this process: restarted under the same name, a new owner
+        self.store = SessionStore(self.redis, self.keys, instance_id=settings.instance_id, run=self.run,
                                   ttl=settings.session_timeout, timeout=settings.redis_timeout)
         self.manager = LocalFirstRedisManager(settings.redis_url, keyspace=self.keys, instance_id=settings.instance_id,
                                               redis_timeout=settings.redis_timeout,
@@ -56,7 +57,8 @@ class Instance:
         self.state = ChainlitState(sio)
         self.sync = SessionSync(self.store, self.state, on_lost=lambda session: self.hooks.forget(session))
         self.renderer = ChainlitRenderer(self.state)
-        self.delivery = Delivery(self.redis, self.keys, self.renderer, self.sync, settings)
+        self.delivery = Delivery(self.redis, self.keys, self.renderer, self.sync, settings,
+                                 on_taken=lambda session_id: self.hooks.taken(session_id))
         self.janitor = OutboxJanitor(self.redis, self.keys, instance_id=settings.instance_id,
                                      outbox_ttl=settings.worker_outbox_ttl)
         self.hooks = ChainlitHooks(sio, state=self.state, store=self.store, sync=self.sync, join_rooms=self.join_rooms,
@@ -67,7 +69,7 @@ class Instance:
                                                        shared_dir=settings.uploads_dir,
                                                        max_bytes=settings.uploads_max_mb * 1024 * 1024,
                                                        ttl=settings.session_timeout or 3600),
-                                   journal=Journal(self.redis, self.keys, f"{settings.instance_id}/{uuid.uuid4().hex[:8]}",
+                                   journal=Journal(self.redis, self.keys, f"{settings.instance_id}/{self.run}",
                                                    ttl=settings.session_timeout or 3600) if settings.journal else None)
         self.hooks.release_callbacks += [self.renderer.release, self.delivery.release]
         self.draining = False  # readiness off; still serving its clients

@@ -13,9 +13,9 @@ import asyncio
 import logging
 
 from cl_scale.runtime import metrics
-from cl_scale.wire import scripts
+from cl_scale.wire import messages, scripts
 from cl_scale.wire.keyspace import Keyspace
-from cl_scale.wire.records import OWNER, SessionRecord
+from cl_scale.wire.records import OWNER, RUN, SessionRecord
 
 log = logging.getLogger("cl_scale.store")
 
@@ -30,10 +30,12 @@ class StoreUnavailable(Exception):
 
 class SessionStore:
     """:param instance_id: the owner name written into records this store saves.
+    :param run: this process (one per start; ``SessionRecord.run``): with the name, the owner.
     :param ttl: seconds a record lives after its last write (the session timeout)."""
 
-    def __init__(self, redis, keyspace: Keyspace, *, instance_id: str, ttl: int, timeout: float = 2.0):
+    def __init__(self, redis, keyspace: Keyspace, *, instance_id: str, ttl: int, run: str = "", timeout: float = 2.0):
         self.redis, self.keys, self.instance_id, self.ttl, self.timeout = redis, keyspace, instance_id, ttl, timeout
+        self.run = run
         self._save = redis.register_script(scripts.SESSION_SAVE)
         self._delete = redis.register_script(scripts.SESSION_DELETE)
 
@@ -58,14 +60,20 @@ class SessionStore:
             log.error("session %s: unreadable record ignored: %s", session_id, exc)
             return None
 
-    async def save(self, session_id: str, record: SessionRecord, *, claim: bool = False, expected_owner: str = "",
-                   upserts: dict[str, str] | None = None, removed=None, reset_context: bool = False) -> bool:
-        """Write the record and the changed chat-context entries if this instance owns the session, or
-        ``claim`` it from ``expected_owner`` (the owner it loaded; "" = there was none). Raises NotOwner
+    def owns(self, record: SessionRecord) -> bool:
+        """This process (name and run) is the record's owner."""
+        return (record.owner, record.run) == (self.instance_id, self.run)
+
+    async def save(self, session_id: str, record: SessionRecord, *, claim: bool = False,
+                   expected: SessionRecord | None = None, upserts: dict[str, str] | None = None, removed=None,
+                   reset_context: bool = False, bump: bool = True) -> bool:
+        """Write the record and the changed chat-context entries if this process owns the session, or
+        ``claim`` it if it is still what ``expected`` holds (the record it loaded, by version; None =
+        there was none). ``bump``: the write changes the session (``scripts.session_save``). Raises NotOwner
         when a peer owns it (or won the claim); returns False when Redis is unreachable."""
         keys, args = scripts.session_save(self.keys, session_id, record, ttl=self.ttl, claim=claim,
                                           reset_context=reset_context, upserts=upserts or {}, removed=removed,
-                                          expected_owner=expected_owner)
+                                          expected=expected, bump=bump)
         try:
             async with asyncio.timeout(self.timeout):
                 ok = await self._save(keys=keys, args=args)
@@ -78,13 +86,33 @@ class SessionStore:
         return True
 
     async def delete(self, session_id: str) -> None:
-        keys, args = scripts.session_delete(self.keys, session_id, self.instance_id)
+        keys, args = scripts.session_delete(self.keys, session_id, self.instance_id, self.run)
         try:
             async with asyncio.timeout(self.timeout):
                 await self._delete(keys=keys, args=args)
         except Exception as exc:
             metrics.STORE_ERRORS.inc()
             log.warning("session %s: delete failed: %s", session_id, exc.__class__.__name__)
+
+    async def announce_claim(self, session_id: str, previous: SessionRecord) -> None:
+        """Tell the previous owner (its wake channel) that this process took the session over, so it
+        drops its copy now rather than at its next write. Best effort: that write would learn it too."""
+        if not previous.owner:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.redis.publish(self.keys.wake_channel(previous.owner), messages.taken_notice(session_id))
+        except Exception as exc:
+            log.warning("session %s: takeover not announced: %s", session_id, exc.__class__.__name__)
+
+    async def owned_here(self, session_id: str) -> bool | None:
+        """Does this process own the session in Redis? None when Redis did not answer."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                owner, run = await self.redis.hmget(self.keys.session(session_id), OWNER, RUN)
+        except Exception:
+            return None
+        return (owner or b"").decode() == self.instance_id and (run or b"").decode() == self.run
 
     async def owner(self, session_id: str) -> str | None:
         try:

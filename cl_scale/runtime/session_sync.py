@@ -152,7 +152,7 @@ class SessionSync:
             queued[0].cancel()
         self._again.discard(session.id)
         lock = self._locks.get(session.id)
-        write = self._spawn(self.save(session))
+        write = self.spawn(self.save(session))
         if lock is not None and lock.locked():
             try:
                 await asyncio.wait_for(asyncio.shield(write), COMMIT_WAIT_SECONDS)
@@ -177,7 +177,7 @@ class SessionSync:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        handle = loop.call_later(delay, lambda: self._spawn(self._flush(session_id)))
+        handle = loop.call_later(delay, lambda: self.spawn(self._flush(session_id)))
         self._pending[session_id] = (handle, delay)
 
     async def _flush(self, session_id: str) -> None:
@@ -193,16 +193,17 @@ class SessionSync:
             self.schedule(session_id)
 
     async def save(self, session, *, connected: bool | None = None, claim: bool = False,
-                   expected_owner: str = "") -> str:
+                   expected=None) -> str:
         """Write the session now: ``"saved"``, ``"unavailable"`` (Redis did not answer; rewritten next
         time) or ``"lost"`` (a peer owns it: ``on_lost`` ran). ``connected`` defaults to the socket's real
         state: a write that lands after a disconnect (a scheduled save, a worker batch) must not mark
-        the session connected again. ``claim`` takes the session over from ``expected_owner`` (the
-        owner the restore loaded), only if that is still the owner."""
+        the session connected again. ``claim`` takes the session over if it is still what ``expected`` (the record the
+        restore loaded, None if there was none) holds: a compare-and-set on its version."""
         if connected is None:
             connected = self.state.connected(session)
         lock = self._locks.setdefault(session.id, asyncio.Lock())
         async with lock:
+            changed = session.id in self._dirty or claim or connected  # else: a bare disconnect mark
             self._dirty.discard(session.id)
             changes = self._context_changes(session.id)
             if claim:
@@ -221,11 +222,12 @@ class SessionSync:
                     remaining.discard(m.id)
                     upserts[m.id] = context_entry(m.to_dict(), changes.seq.get(m.id, 0))
             user, thread = self.state.identity(session)
-            record = SessionRecord(owner=self.store.instance_id, socket=session.socket_id or "", connected=connected,
+            record = SessionRecord(owner=self.store.instance_id, run=self.store.run, socket=session.socket_id or "", connected=connected,
                                    user=user, thread=thread, snapshot=self.state.snapshot(session))
             outcome = "saved"
             try:
-                if not await self.store.save(session.id, record, claim=claim, expected_owner=expected_owner,
+                if not await self.store.save(session.id, record, claim=claim, expected=expected,
+                                             bump=changed or bool(upserts or removed or reset),
                                              upserts=upserts, removed=removed, reset_context=reset):
                     outcome = "unavailable"
                     changes.reset = True  # Redis was unreachable: rewrite everything next time
@@ -273,7 +275,7 @@ class SessionSync:
                 "save_locks": len(self._locks), "context_changes": len(self._changes),
                 "save_batches": len(self._batches), "save_tasks": len(self._tasks)}
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
         """A background task kept until it ends (an unreferenced task may be collected)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

@@ -58,7 +58,7 @@ class Keyspace:
 
     # -- sessions (written by the owning instance) -----------------------------------------------
     def session(self, session_id: str) -> str:
-        """Hash: ``owner``, ``socket``, ``connected``, ``user``, ``thread``, ``data`` (JSON snapshot)."""
+        """Hash: ``owner``, ``run``, ``v``, ``socket``, ``connected``, ``user``, ``thread``, ``data`` (JSON snapshot)."""
         return f"{self.prefix}:session:{{{session_id}}}"
 
     def context(self, session_id: str) -> str:

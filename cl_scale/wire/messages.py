@@ -121,6 +121,22 @@ def parse_wake(data: bytes) -> tuple[str, tuple | None]:
     return sid, (parts[1], {b"kid": parts[2], b"sig": parts[3], b"body": parts[4]})
 
 
+#: Prefix of a takeover notice on an owner's wake channel (session ids never start with it).
+TAKEN = b"!taken\n"
+
+
+def taken_notice(session_id: str) -> bytes:
+    """What an instance that just claimed a session publishes on the previous owner's wake channel:
+    its copy is stale, and a reply still running there must stop. The receiver trusts nothing in it
+    but the session id: it reads the owner from Redis before acting (workers may publish here too)."""
+    return TAKEN + session_id.encode()
+
+
+def parse_taken(data: bytes) -> str | None:
+    """The session id of a takeover notice, or None for a delivery wake-up (``parse_wake``)."""
+    return data[len(TAKEN):].decode(errors="replace") if data.startswith(TAKEN) else None
+
+
 def to_bytes(secret: str | bytes) -> bytes:
     return secret if isinstance(secret, bytes) else secret.encode()
 

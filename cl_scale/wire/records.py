@@ -11,18 +11,26 @@ import json
 from dataclasses import dataclass, field
 
 #: Fields of the session hash.
-OWNER, SOCKET, CONNECTED, USER, THREAD, DATA = "owner", "socket", "connected", "user", "thread", "data"
+OWNER, RUN, VERSION, SOCKET, CONNECTED, USER, THREAD, DATA = ("owner", "run", "v", "socket", "connected", "user",
+                                                             "thread", "data")
 
 
 @dataclass
 class SessionRecord:
     """One session as Redis holds it.
 
+    :param owner: the owning instance's name (what peers and workers route by).
+    :param run: the owning process (one per start): an instance restarted under the same name — a
+        StatefulSet pod, ``cl-scale run`` — is a new owner: the owner's writes compare both.
+    :param version: bumped by every write that changes the session (``SESSION_SAVE``): a claim
+        succeeds only on the version it loaded, so a restore never overwrites a newer state.
     :param snapshot: the JSON-serialisable part of Chainlit's session (``runtime.chainlit.codec``).
     :param chat_context: chat-context messages in order (``_seq``), as Chainlit's ``to_dict``.
     """
 
     owner: str
+    run: str = ""
+    version: int = 0
     socket: str = ""
     connected: bool = False
     user: str | None = None
@@ -44,13 +52,14 @@ class SessionRecord:
         if USER.encode() not in raw:  # written before these fields existed: read the snapshot
             user = ((snapshot.get("user") or {}).get("identifier")) or None
             thread = snapshot.get("thread_id") or None
-        return cls(owner=_text(raw.get(OWNER.encode())) or "", socket=_text(raw.get(SOCKET.encode())) or "",
+        return cls(owner=_text(raw.get(OWNER.encode())) or "", run=_text(raw.get(RUN.encode())) or "",
+                   version=int(raw.get(VERSION.encode()) or 0), socket=_text(raw.get(SOCKET.encode())) or "",
                    connected=raw.get(CONNECTED.encode()) == b"1", user=user, thread=thread, snapshot=snapshot,
                    chat_context=parse_context(context or {}))
 
     def fields(self) -> dict[str, str]:
         """What ``SESSION_SAVE`` writes (strings; empty = none)."""
-        return {OWNER: self.owner, SOCKET: self.socket, CONNECTED: "1" if self.connected else "0",
+        return {OWNER: self.owner, RUN: self.run, SOCKET: self.socket, CONNECTED: "1" if self.connected else "0",
                 USER: self.user or "", THREAD: self.thread or "", DATA: json.dumps(self.snapshot, default=str)}
 
 

@@ -19,22 +19,30 @@ def _lua(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- sessions
-# Write a session if this instance owns it, or claim it. KEYS: session, context.
-# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected owner, n fields, then n (field, value)
-# pairs of the record, m upserts, then m (message id, json) pairs, then message ids to delete.
-# A claim is a compare-and-set: it succeeds only if the owner is still the one the claimer loaded
-# (``expected owner``; empty: there was no record), so of two instances restoring one session at
-# once (a client that retried its handshake) exactly one wins, and the other refuses its handshake.
-# Returns 0 when a peer owns the session (the local copy is stale, or the claim lost), 1 when written.
+# Write a session if this process owns it, or claim it. KEYS: session, context.
+# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected version, run, bump (0/1), n fields, then
+# n (field, value) pairs of the record, m upserts, then m (message id, json) pairs, then message ids to
+# delete. The owner is a name *and* a run (the process): an instance restarted under its old name is a
+# new owner, and the old process's late writes are refused. A claim is a compare-and-set on the
+# record's version (``v``, bumped by every write that changes the session): it succeeds only if nobody
+# wrote since the claimer loaded it (``expected version``; empty: there was no record). So of two
+# instances restoring one session at once (a client that retried its handshake) exactly one wins and
+# the other refuses its handshake; and a restore that loaded an older state than the owner has since
+# written never overwrites it. Returns 0 when refused (a peer owns it / the claim is stale), 1 when written.
 SESSION_SAVE = """
-local cur = redis.call('HGET', KEYS[1], 'owner')
-if cur and cur ~= ARGV[1] then
-  if ARGV[2] ~= '1' or cur ~= ARGV[5] then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'run', 'v')
+if cur[1] then
+  if ARGV[2] == '1' then
+    if ARGV[5] ~= (cur[3] or '0') then return 0 end
+  elseif cur[1] ~= ARGV[1] or (cur[2] or '') ~= ARGV[6] then
+    return 0
+  end
 end
-local nf = tonumber(ARGV[6])
-local at = 7
+local nf = tonumber(ARGV[8])
+local at = 9
 for i = 0, nf - 1 do redis.call('HSET', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1]) end
 at = at + 2 * nf
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end
 local n = tonumber(ARGV[at])
@@ -47,9 +55,14 @@ return 1
 
 
 def session_save(ks: Keyspace, session_id: str, record: SessionRecord, *, ttl: int, claim: bool,
-                 reset_context: bool, upserts: dict[str, str], removed, expected_owner: str = "") -> tuple[list, list]:
+                 reset_context: bool, upserts: dict[str, str], removed, expected: SessionRecord | None = None,
+                 bump: bool = True) -> tuple[list, list]:
+    """:param expected: the record a claim loaded (None: there was none).
+    :param bump: the write changes the session (False only for a bare connected-flag update, so a
+        disconnect does not fail the claim of a peer the client is already reconnecting to)."""
     record_fields = record.fields()
-    args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0", expected_owner,
+    args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0",
+                  str(expected.version) if expected else "", record.run, "1" if bump or claim else "0",
                   len(record_fields)]
     for name, value in record_fields.items():
         args += [name, value]
@@ -60,15 +73,16 @@ def session_save(ks: Keyspace, session_id: str, record: SessionRecord, *, ttl: i
     return [ks.session(session_id), ks.context(session_id)], args
 
 
-# Delete a session this instance owns. KEYS: session, context. ARGV: owner.
+# Delete a session this instance owns. KEYS: session, context. ARGV: owner, run.
 SESSION_DELETE = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then return redis.call('DEL', KEYS[1], KEYS[2]) end
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'run')
+if cur[1] == ARGV[1] and (cur[2] or '') == ARGV[2] then return redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0
 """
 
 
-def session_delete(ks: Keyspace, session_id: str, owner: str) -> tuple[list, list]:
-    return [ks.session(session_id), ks.context(session_id)], [owner]
+def session_delete(ks: Keyspace, session_id: str, owner: str, run: str = "") -> tuple[list, list]:
+    return [ks.session(session_id), ks.context(session_id)], [owner, run]
 
 
 # --------------------------------------------------------------------------- worker outboxes

@@ -62,6 +62,9 @@ async def on_message(message: cl.Message):
             await msg.stream_token(f"s{i} ")
             await asyncio.sleep(float(pause))
         await msg.send()
+        if os.environ.get("TEST_RUN_LOG"):  # and every run that finished (its side effects all done)
+            with open(os.environ["TEST_RUN_LOG"], "a") as runs:
+                runs.write(f"{message.id} {INSTANCE} finished\n")
         return
     elif text == "die":  # a handler that takes its instance down, every time
         os._exit(1)

@@ -146,12 +146,43 @@ async def test_with_rerun_interrupted_the_user_simply_gets_the_answer(cluster):
         partial = {d.get("id") for _, e, d in client.events if e == "stream_start" and isinstance(d, dict)}
         removed = {d.get("id") for _, e, d in again.events if e == "delete_message" and isinstance(d, dict)}
         assert partial and partial <= removed  # the partial reply was taken off the screen
-        runs = (cluster.work_dir / "runs.log").read_text().split("\n")[:-1]
-        assert [r.split()[1] for r in runs] == ["inst1", "inst2"] and len({r.split()[0] for r in runs}) == 1
+        runs = _runs(cluster)
+        assert [r[1] for r in runs] == ["inst1", "inst2"] and len({r[0] for r in runs}) == 1
         answers = [m for m in again.messages() if m.get("output") == full]
         assert len(answers) == 1  # one complete answer
     finally:
         await again.close()
+
+
+def _runs(cluster, finished: bool = False) -> list[list[str]]:
+    """(message id, instance) of each start of the ``slowstream`` handler (or, ``finished``, each end)."""
+    lines = [line.split() for line in (cluster.work_dir / "runs.log").read_text().splitlines()]
+    return [line[:2] for line in lines if (len(line) == 3) == finished]
+
+
+async def test_a_reply_whose_session_a_peer_took_over_stops_where_it_was(cluster):
+    """The client reconnected to another instance while its reply was still running (a network blip,
+    a balancer that moved it): the peer restored the session and re-runs the message (the journal),
+    so the old instance's run — on a copy that is no longer the session: Chainlit would hand it an
+    empty ``user_session`` — must stop, not finish its work a second time beside the re-run."""
+    env = {"TEST_RERUN_INTERRUPTED": "1", "TEST_RUN_LOG": str(cluster.work_dir / "runs.log")}
+    a, b = cluster.start(2, env=env).instances
+    client = ChainlitClient(a.url, reconnection=False)
+    await client.connect()
+    await client.wait_for(lambda: starts(client), 20)
+    await client.send("slowstream 30 0.1")
+    await client.wait_for(lambda: client.counts.get("stream_token", 0) >= 5, 20)
+    again = ChainlitClient(b.url, session_id=client.session_id, thread_id=client.thread_id, reconnection=False)
+    try:
+        await again.connect()
+        full = " ".join(f"s{i}" for i in range(30)) + " "
+        await again.wait_for(lambda: any(m.get("output") == full for m in again.messages()), 30)
+        await asyncio.sleep(3.5)  # what the first run had left to stream, and more
+        assert [r[1] for r in _runs(cluster)] == ["inst1", "inst2"]
+        assert [r[1] for r in _runs(cluster, finished=True)] == ["inst2"], "the old owner's run went on"
+        assert len([m for m in again.messages() if m.get("output") == full]) == 1
+    finally:
+        await asyncio.gather(client.close(), again.close())
 
 
 async def test_rerun_decided_per_message(cluster):

@@ -158,8 +158,10 @@ async def test_a_peer_claim_makes_the_local_copy_lost_and_release_forgets_everyt
     await sync.save(session)
     peer_state, peer_store, peer = make(r, owner="inst-b")
     peer_state.sessions["s1"] = Session("s1", socket_id="sock-2")
-    assert await peer.save(peer_state.sessions["s1"], claim=True, expected_owner="inst-b") == "lost"  # stale view
-    assert await peer.save(peer_state.sessions["s1"], claim=True, expected_owner="inst-a") == "saved"
+    loaded = await peer_store.load("s1")
+    stale = SessionRecord(owner="inst-a", version=loaded.version - 1)
+    assert await peer.save(peer_state.sessions["s1"], claim=True, expected=stale) == "lost"  # stale view
+    assert await peer.save(peer_state.sessions["s1"], claim=True, expected=loaded) == "saved"
     state.values["s1"] = {"stale": True}
     sync.changed("s1", "set")
     await _settled(sync)

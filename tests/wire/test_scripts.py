@@ -73,15 +73,44 @@ async def test_settle_acks_marks_dead_letters_and_unindexes(r):
     assert (await r.xpending(KS.outbox(SID), GROUP))["pending"] == 0
 
 
-def _record(owner: str, text: str = "v") -> SessionRecord:
-    return SessionRecord(owner=owner, socket="s1", connected=True, user="alice", thread="t1",
+def _record(owner: str, text: str = "v", run: str = "") -> SessionRecord:
+    return SessionRecord(owner=owner, run=run, socket="s1", connected=True, user="alice", thread="t1",
                          snapshot={"id": SID, "thread_id": "t1", "user_session": {"k": text}})
 
 
-async def _save(r, record, *, claim=False, upserts=None, removed=(), reset=False, expected=""):
+async def _save(r, record, *, claim=False, upserts=None, removed=(), reset=False, expected=None, bump=True):
     keys, args = scripts.session_save(KS, SID, record, ttl=60, claim=claim, reset_context=reset,
-                                      upserts=upserts or {}, removed=removed, expected_owner=expected)
+                                      upserts=upserts or {}, removed=removed, expected=expected, bump=bump)
     return await r.register_script(scripts.SESSION_SAVE)(keys=keys, args=args)
+
+
+async def _load(r):
+    return SessionRecord.from_redis(await r.hgetall(KS.session(SID)), await r.hgetall(KS.context(SID)))
+
+
+async def test_a_claim_wins_only_on_the_state_it_loaded(r):
+    """Seen in the rolling-restart test (a counter back to 1): ``inst3`` restarted under its old name
+    claimed its sessions back, while a handshake on ``inst2`` that had loaded a record of the *old*
+    ``inst3`` claimed it too — owners were compared by name, so both won, and the first write threw
+    the other's in-flight state away. And a restore that loaded the record before the owner's last
+    write overwrote that write. A claim is now a compare-and-set on the version it loaded."""
+    assert await _save(r, _record("inst3", "old", run="r-old"), reset=True) == 1
+    loaded = await _load(r)
+    assert await _save(r, _record("inst3", "new", run="r-new"), claim=True, expected=loaded) == 1
+    # the stale handshake on inst2 loaded the old inst3's record before the new inst3 claimed
+    assert await _save(r, _record("inst2", "stale", run="r2"), claim=True, expected=loaded) == 0
+    assert await _save(r, _record("inst3", "dead", run="r-old")) == 0  # nor may the old process write
+    before_write = await _load(r)
+    assert await _save(r, _record("inst3", "next", run="r-new")) == 1  # the owner writes on
+    assert await _save(r, _record("inst2", "older", run="r2"), claim=True, expected=before_write) == 0
+    stored = await _load(r)
+    assert (stored.owner, stored.run, stored.snapshot["user_session"]) == ("inst3", "r-new", {"k": "next"})
+    # a bare disconnect mark does not change the version: a peer the client reconnects to still claims
+    assert await _save(r, _record("inst3", "next", run="r-new"), bump=False) == 1
+    assert await _save(r, _record("inst2", "moved", run="r2"), claim=True, expected=stored) == 1
+    # records written before versions and runs existed are claimed as before
+    await r.hdel(KS.session(SID), "v", "run")
+    assert await _save(r, _record("inst1", "upgrade", run="r1"), claim=True, expected=_record("inst2")) == 1
 
 
 async def test_session_save_checks_ownership_writes_incrementally_and_expires(r):
@@ -92,11 +121,13 @@ async def test_session_save_checks_ownership_writes_incrementally_and_expires(r)
     assert await r.hlen(KS.context(SID)) == 2  # incremental: m1 kept, m2 added
     assert await _save(r, _record("a"), removed=["m1"]) == 1
     assert await r.hkeys(KS.context(SID)) == [b"m2"]
-    # A claim is a compare-and-set on the owner the claimer loaded: a stale one loses.
-    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="someone-else") == 0
-    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="") == 0
-    assert await _save(r, _record("b", "moved"), claim=True, reset=True, expected="a") == 1  # a failover claims it
-    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected="a") == 0  # b won already
+    # A claim is a compare-and-set on the version the claimer loaded: a stale one loses.
+    loaded = await _load(r)
+    stale = SessionRecord(owner="a", version=loaded.version - 1)
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected=stale) == 0
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected=None) == 0
+    assert await _save(r, _record("b", "moved"), claim=True, reset=True, expected=loaded) == 1  # a failover claims it
+    assert await _save(r, _record("c", "late"), claim=True, reset=True, expected=loaded) == 0  # b won already
     stored = SessionRecord.from_redis(await r.hgetall(KS.session(SID)), await r.hgetall(KS.context(SID)))
     assert (stored.owner, stored.user, stored.thread, stored.snapshot["user_session"]) == ("b", "alice", "t1",
                                                                                           {"k": "moved"})

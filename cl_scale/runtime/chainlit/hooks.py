@@ -229,7 +229,7 @@ class ChainlitHooks:
         if not compat.transport_open(self.sio, sid):
             return False  # the client gave up on this handshake while it waited (it has retried)
         local = self.state.session(session_id)
-        if local is not None and record and record.owner != self.store.instance_id:
+        if local is not None and record and not self.store.owns(record):
             self.forget(local)  # a peer took the session over since: our copy is stale
             local = None
         restored = None
@@ -255,8 +255,7 @@ class ChainlitHooks:
             return False
         # Take the session over, if it is still what we loaded (a compare-and-set on the owner): of
         # two handshakes restoring one session at once, one wins; the other refuses its handshake.
-        claimed = await self.sync.save(session, claim=True, connected=True,
-                                       expected_owner=record.owner if record else "")
+        claimed = await self.sync.save(session, claim=True, connected=True, expected=record)
         if claimed == "lost":
             await compat.drop_transport(self.sio, sid)
             return False
@@ -264,6 +263,7 @@ class ChainlitHooks:
             self._restored.add(session_id)
             metrics.RESTORED.inc()
             log.info("session %s restored from Redis (was on %s)", session_id, record.owner)
+            await self.store.announce_claim(session_id, record)
         await self.join_rooms(sid, session)
         return accepted
 
@@ -390,8 +390,30 @@ class ChainlitHooks:
         sid = getattr(session, "socket_id", None)
         if sid and self.state.connected(session):
             asyncio.get_running_loop().create_task(compat.drop_transport(self.sio, sid))
+        task = getattr(session, "current_task", None)
+        if task is not None and not task.done():
+            # A reply still running here works on a copy that is no longer the session (Chainlit would
+            # hand it an empty user_session); the peer that restored it took the journal entry and
+            # finishes or re-runs the message. Stopped, and not settled: the entry is the peer's now.
+            self._running.pop(session.id, None)
+            task.cancel()
+            log.info("session %s: a peer owns it now; the reply running here was stopped", session.id)
         self.state.forget(session)
         self.release(session.id)
+
+    def taken(self, session_id: str) -> None:
+        """A peer says it took this session over: check Redis (never the notice) and drop the local
+        copy — stopping a reply still running on it — if this process is no longer the owner."""
+        session = self.state.session(session_id)
+        if session is None or session_id in self._handshakes:
+            return  # not here, or being restored here right now (that handshake's claim decides)
+
+        async def check():
+            if await self.store.owned_here(session_id) is False and self.state.session(session_id) is session:
+                log.info("session %s is owned by a peer now; dropping the local copy", session_id)
+                self.forget(session)
+
+        self.sync.spawn(check())
 
     def release(self, session_id: str) -> None:
         self._restored.discard(session_id)
