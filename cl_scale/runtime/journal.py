@@ -51,6 +51,14 @@ return out
 """
 
 
+# KEYS: journal. ARGV: message id, entry JSON, ttl. One command (not a pipeline of two): it runs before
+# every user message's handler.
+_WRITE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+
 @dataclass
 class Entry:
     message_id: str
@@ -72,16 +80,14 @@ class Journal:
     def __init__(self, redis, keys: Keyspace, instance_id: str, ttl: int):
         self.redis, self.keys, self.instance_id, self.ttl = redis, keys, instance_id, ttl
         self._take = redis.register_script(_TAKE)
+        self._write = redis.register_script(_WRITE)
 
     async def write(self, session_id: str, message_id: str, payload: dict, state: str, attempts: int = 0,
                     reply: str | None = None) -> None:
         entry = {"payload": payload, "state": state, "owner": self.instance_id, "at": round(time.time(), 3),
                  "attempts": attempts, "reply": reply}
-        key = self.keys.journal(session_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, message_id, json.dumps(entry, separators=(",", ":"), default=str))
-        pipe.expire(key, self.ttl)
-        await pipe.execute()
+        await self._write(keys=[self.keys.journal(session_id)],
+                          args=[message_id, json.dumps(entry, separators=(",", ":"), default=str), self.ttl])
 
     async def replying(self, session_id: str, message_id: str, reply_id: str) -> None:
         """Record which message the handler is streaming (a re-run replaces it)."""

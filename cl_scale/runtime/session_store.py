@@ -66,14 +66,15 @@ class SessionStore:
 
     async def save(self, session_id: str, record: SessionRecord, *, claim: bool = False,
                    expected: SessionRecord | None = None, upserts: dict[str, str] | None = None, removed=None,
-                   reset_context: bool = False, bump: bool = True) -> bool:
+                   reset_context: bool = False, bump: bool = True, settle=()) -> bool:
         """Write the record and the changed chat-context entries if this process owns the session, or
         ``claim`` it if it is still what ``expected`` holds (the record it loaded, by version; None =
-        there was none). ``bump``: the write changes the session (``scripts.session_save``). Raises NotOwner
+        there was none). ``bump``: the write changes the session; ``settle``: user messages it answers
+        (``scripts.session_save``). Raises NotOwner
         when a peer owns it (or won the claim); returns False when Redis is unreachable."""
         keys, args = scripts.session_save(self.keys, session_id, record, ttl=self.ttl, claim=claim,
                                           reset_context=reset_context, upserts=upserts or {}, removed=removed,
-                                          expected=expected, bump=bump)
+                                          expected=expected, bump=bump, settle=settle)
         try:
             async with asyncio.timeout(self.timeout):
                 ok = await self._save(keys=keys, args=args)

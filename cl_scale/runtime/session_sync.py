@@ -87,6 +87,7 @@ class SessionSync:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changes: dict[str, ContextChanges] = {}
         self._batches: dict[str, int] = {}  # sessions inside a batch() scope
+        self._settles: dict[str, list[str]] = {}  # user messages answered: off the journal with the next write
         self._tasks: set[asyncio.Task] = set()
 
     # -- what the hooks report -------------------------------------------------------------------
@@ -137,6 +138,11 @@ class SessionSync:
         """Sessions with a message handler running."""
         return {sid for sid, n in self._in_handler.items() if n > 0}
 
+    def settle(self, session_id: str, message_id: str) -> None:
+        """``message_id`` (a user message) is answered: the next write of the session takes it off the
+        journal, in the same script — the reply's ``commit`` is that write."""
+        self._settles.setdefault(session_id, []).append(message_id)
+
     # -- writing ---------------------------------------------------------------------------------------
     async def commit(self, session) -> None:
         """Issue the session's pending changes before a reply reaches the user, so a reply the user has
@@ -145,7 +151,7 @@ class SessionSync:
         The write is put on the wire, not awaited: Redis applies it long before the client can act on
         the reply. Only when another write of the same session is still in flight do we wait for it,
         at most ``COMMIT_WAIT_SECONDS``."""
-        if session.id not in self._dirty or session.id in self._batches:
+        if (session.id not in self._dirty and session.id not in self._settles) or session.id in self._batches:
             return
         queued = self._pending.pop(session.id, None)
         if queued is not None:
@@ -225,21 +231,24 @@ class SessionSync:
             record = SessionRecord(owner=self.store.instance_id, run=self.store.run, socket=session.socket_id or "", connected=connected,
                                    user=user, thread=thread, snapshot=self.state.snapshot(session))
             outcome = "saved"
+            settles = self._settles.pop(session.id, ())
             try:
                 if not await self.store.save(session.id, record, claim=claim, expected=expected,
                                              bump=changed or bool(upserts or removed or reset),
-                                             upserts=upserts, removed=removed, reset_context=reset):
+                                             upserts=upserts, removed=removed, reset_context=reset, settle=settles):
                     outcome = "unavailable"
                     changes.reset = True  # Redis was unreachable: rewrite everything next time
                     self._dirty.add(session.id)
             except NotOwner:
                 log.info("session %s is owned by a peer now; dropping the local copy", session.id)
-                outcome = "lost"
+                outcome = "lost"  # its journal entries are the peer's now: not settled here
                 self.on_lost(session)
             except Exception:
                 outcome = "unavailable"
                 metrics.STORE_ERRORS.inc()
                 log.exception("session %s: snapshot failed", session.id)
+            if outcome == "unavailable" and settles:  # settled by the next write that lands
+                self._settles[session.id] = [*settles, *self._settles.get(session.id, ())]
         if not connected:
             self._locks.pop(session.id, None)
             self._changes.pop(session.id, None)
@@ -263,7 +272,7 @@ class SessionSync:
         queued = self._pending.pop(session_id, None)
         if queued is not None:
             queued[0].cancel()
-        for container in (self._in_handler, self._locks, self._changes, self._batches):
+        for container in (self._in_handler, self._locks, self._changes, self._batches, self._settles):
             container.pop(session_id, None)
         for container in (self._dirty, self._flushing, self._again):
             container.discard(session_id)
@@ -273,7 +282,7 @@ class SessionSync:
         return {"save_pending": len(self._pending), "save_in_handler": len(self._in_handler),
                 "save_dirty": len(self._dirty), "save_flushing": len(self._flushing), "save_again": len(self._again),
                 "save_locks": len(self._locks), "context_changes": len(self._changes),
-                "save_batches": len(self._batches), "save_tasks": len(self._tasks)}
+                "save_batches": len(self._batches), "save_settles": len(self._settles), "save_tasks": len(self._tasks)}
 
     def spawn(self, coro) -> asyncio.Task:
         """A background task kept until it ends (an unreferenced task may be collected)."""

@@ -19,10 +19,11 @@ def _lua(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- sessions
-# Write a session if this process owns it, or claim it. KEYS: session, context.
-# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected version, run, bump (0/1), n fields, then
-# n (field, value) pairs of the record, m upserts, then m (message id, json) pairs, then message ids to
-# delete. The owner is a name *and* a run (the process): an instance restarted under its old name is a
+# Write a session if this process owns it, or claim it. KEYS: session, context, journal.
+# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected version, run, bump (0/1), k, then k user
+# message ids answered by this write (deleted from the journal: settled in the same write as the reply's
+# state, no round trip of their own), n fields, then n (field, value) pairs of the record, m upserts,
+# then m (message id, json) pairs, then message ids to delete. The owner is a name *and* a run (the process): an instance restarted under its old name is a
 # new owner, and the old process's late writes are refused. A claim is a compare-and-set on the
 # record's version (``v``, bumped by every write that changes the session): it succeeds only if nobody
 # wrote since the claimer loaded it (``expected version``; empty: there was no record). So of two
@@ -38,8 +39,10 @@ if cur[1] then
     return 0
   end
 end
-local nf = tonumber(ARGV[8])
-local at = 9
+local k = tonumber(ARGV[8])
+for i = 9, 8 + k do redis.call('HDEL', KEYS[3], ARGV[i]) end
+local nf = tonumber(ARGV[9 + k])
+local at = 10 + k
 for i = 0, nf - 1 do redis.call('HSET', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1]) end
 at = at + 2 * nf
 if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
@@ -56,21 +59,22 @@ return 1
 
 def session_save(ks: Keyspace, session_id: str, record: SessionRecord, *, ttl: int, claim: bool,
                  reset_context: bool, upserts: dict[str, str], removed, expected: SessionRecord | None = None,
-                 bump: bool = True) -> tuple[list, list]:
+                 bump: bool = True, settle=()) -> tuple[list, list]:
     """:param expected: the record a claim loaded (None: there was none).
+    :param settle: user message ids this write answers (off ``Keyspace.journal``).
     :param bump: the write changes the session (False only for a bare connected-flag update, so a
         disconnect does not fail the claim of a peer the client is already reconnecting to)."""
     record_fields = record.fields()
     args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0",
                   str(expected.version) if expected else "", record.run, "1" if bump or claim else "0",
-                  len(record_fields)]
+                  len(settle), *settle, len(record_fields)]
     for name, value in record_fields.items():
         args += [name, value]
     args.append(len(upserts))
     for message_id, stored in upserts.items():
         args += [message_id, stored]
     args += list(removed or ())
-    return [ks.session(session_id), ks.context(session_id)], args
+    return [ks.session(session_id), ks.context(session_id), ks.journal(session_id)], args
 
 
 # Delete a session this instance owns. KEYS: session, context. ARGV: owner, run.

@@ -71,7 +71,7 @@ class ChainlitHooks:
                  on_request=None, journal=None, uploads=None):
         self.sio, self.state, self.store, self.sync = sio, state, store, sync
         self.on_request, self.journal, self.uploads = on_request, journal, uploads
-        self._running: dict[str, str] = {}  # session id -> user message id whose handler runs here
+        self._running: dict[str, _Run] = {}  # session id -> the user message whose handler runs here
         self._closing_writes: set = set()  # messages being journaled as pending while the instance closes
         self.join_rooms, self.on_ready, self.closing = join_rooms, on_ready, closing
         self.restore_callbacks = restore_callbacks
@@ -135,11 +135,12 @@ class ChainlitHooks:
                 # acts on, and committing for them would put one more write before every reply.
                 kind = str((step_dict or {}).get("type", ""))
                 if session is not None and getattr(session, "socket_id", None) and kind.endswith("_message"):
-                    await hooks.sync.commit(session)
                     if name == "send_step" and kind != "user_message":
-                        # the user's message is answered: settled in the journal before the user can see
-                        # it, so an instance dying right after never counts the reply as interrupted
-                        await hooks.settle(session.id)
+                        # the user's message is answered: off the journal in the same write as the
+                        # reply's state, before the user can see it, so an instance dying right after
+                        # never counts the reply as interrupted
+                        await hooks.answered(session.id)
+                    await hooks.sync.commit(session)
                 return await original(self, step_dict, *args, **kwargs)
 
             wrapper.__wrapped__ = original
@@ -153,12 +154,11 @@ class ChainlitHooks:
         async def stream_start(self, step_dict, *args, **kwargs):
             # the reply being streamed: what a re-run on another instance replaces if this one dies
             session = getattr(self, "session", None)
-            message_id = hooks._running.get(getattr(session, "id", None))
-            if hooks.journal is not None and message_id and (step_dict or {}).get("id"):
-                try:
-                    await hooks.journal.replying(session.id, message_id, str(step_dict["id"]))
-                except Exception as exc:  # noqa: BLE001 - the reply matters more than its bookkeeping
-                    log.warning("session %s: journal not updated (%s)", session.id, exc.__class__.__name__)
+            run = hooks._running.get(getattr(session, "id", None))
+            if hooks.journal is not None and run is not None and (step_dict or {}).get("id"):
+                # recorded before the first token shows: a partial reply a re-run must remove is known
+                await run.begun()  # (the entry exists before it is updated)
+                await hooks._journal(hooks.journal.replying, session.id, run.message_id, str(step_dict["id"]))
             return await original_stream_start(self, step_dict, *args, **kwargs)
 
         stream_start.__wrapped__ = original_stream_start
@@ -337,27 +337,37 @@ class ChainlitHooks:
             else:
                 log.warning("session %s: message not started, instance closing (not journaled)", session.id)
             return
-        journaled = (self.journal is not None and message_id and
-                     await self._journal(self.journal.write, session.id, message_id, payload, "running", attempts))
-        if journaled:
-            self._running[session.id] = message_id
+        run = None
+        if self.journal is not None and message_id:
+            # Issued, not awaited (a round trip before every reply otherwise): on the wire before the
+            # handler runs; the reply's settle waits for it, so the two never land out of order.
+            run = self._running[session.id] = _Run(message_id, self.sync.spawn(self._journal(
+                self.journal.write, session.id, message_id, payload, "running", attempts)))
+            await asyncio.sleep(0)
         try:
             with self.sync.handler(session.id):
                 await self._process_message(session, payload)
         finally:
-            if journaled and self._running.get(session.id) == message_id:
-                await self.settle(session.id)  # it sent nothing (or raised): settled all the same
+            if run is not None and not run.settled:  # it sent nothing (or raised): settled all the same
+                if self._running.get(session.id) is run:
+                    self._running.pop(session.id)
+                run.settled = True
+                await run.begun()
+                await self._journal(self.journal.done, session.id, message_id)
 
     async def journal_flush(self, timeout: float = 3.0) -> None:
         """Wait (bounded) for the pending-message writes of a closing instance (ASGI shutdown)."""
         if self._closing_writes:
             await asyncio.wait(set(self._closing_writes), timeout=timeout)
 
-    async def settle(self, session_id: str) -> None:
-        """The running message of this session is answered: off the journal (once)."""
-        message_id = self._running.pop(session_id, None)
-        if message_id is not None:
-            await self._journal(self.journal.done, session_id, message_id)
+    async def answered(self, session_id: str) -> None:
+        """The running message of this session is answered: off the journal with the session's next
+        write (the reply's commit), once."""
+        run = self._running.pop(session_id, None)
+        if run is not None:
+            run.settled = True
+            await run.begun()
+            self.sync.settle(session_id, run.message_id)
 
     async def _journal(self, call, session_id: str, *args) -> bool:
         """A journal write that never stands in the way of the user's message (logged if it fails)."""
@@ -395,7 +405,9 @@ class ChainlitHooks:
             # A reply still running here works on a copy that is no longer the session (Chainlit would
             # hand it an empty user_session); the peer that restored it took the journal entry and
             # finishes or re-runs the message. Stopped, and not settled: the entry is the peer's now.
-            self._running.pop(session.id, None)
+            run = self._running.pop(session.id, None)
+            if run is not None:
+                run.settled = True  # not by this process: the peer owns the entry
             task.cancel()
             log.info("session %s: a peer owns it now; the reply running here was stopped", session.id)
         self.state.forget(session)
@@ -431,3 +443,18 @@ class ChainlitHooks:
 
     def tracked(self) -> dict[str, int]:
         return {"handshakes": len(self._handshakes), "restored_pending": len(self._restored)}
+
+
+class _Run:
+    """A user message whose handler runs here: its journal entry's write (issued, maybe not yet
+    answered by Redis) and whether it was settled."""
+
+    __slots__ = ("message_id", "begin", "settled")
+
+    def __init__(self, message_id: str, begin: asyncio.Task):
+        self.message_id, self.begin, self.settled = message_id, begin, False
+
+    async def begun(self) -> None:
+        """The entry's write has landed (a settle issued before it would be undone by it)."""
+        if not self.begin.done():
+            await asyncio.shield(self.begin)
