@@ -3,16 +3,20 @@ worker gateway, then Chainlit."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import re
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cl_scale.runtime import metrics
+from cl_scale.runtime.assets import PREFIX as ASSETS_PREFIX
+from cl_scale.runtime.assets import Assets, cache_headers
 from cl_scale.runtime.forwarding import (
     DEFAULT_UPLOAD_MB,
     FORWARDED_HEADER,
@@ -50,6 +54,14 @@ class InstanceApp:
         limit = settings.max_upload_bytes or (upload_limit_mb or DEFAULT_UPLOAD_MB) * 1024 * 1024
         self.forwarder = Forwarder(instance, chainlit_app, upload_limit=limit + MULTIPART_SLACK, tag=self._tag)
         self.admin_port = settings.admin_port
+        self.assets = None
+        if settings.precompress:
+            import chainlit
+            from chainlit.server import build_dir
+
+            self.assets = Assets(Path(build_dir), settings.assets_cache and Path(settings.assets_cache),
+                                 version=getattr(chainlit, "__version__", ""))
+        self._building = None
 
     def _listener_refuses(self, scope) -> bool:
         """With an admin port, ``/metrics`` and the gateway are served there only, and the admin port
@@ -94,7 +106,9 @@ class InstanceApp:
             if self.instance.draining and _new_engineio_handshake(scope):
                 # nginx (proxy_next_upstream http_503) retries the handshake on a peer.
                 return await respond(send, 503, b'{"error":"instance draining"}')
-            return await self.app(scope, receive, self._tag(send))
+            if self.assets is not None and path.startswith(ASSETS_PREFIX) and await self.assets.serve(scope, send):
+                return None
+            return await self.app(scope, receive, self._tag(send, path))
         if scope["type"] == "websocket" and self.instance.draining and _new_engineio_handshake(scope):
             return await send({"type": "websocket.close", "code": 1013})  # try again later (elsewhere)
         return await self.app(scope, receive, send)
@@ -150,13 +164,15 @@ class InstanceApp:
                                             b'digits, _ and -)"}')
         return await self.app(scope, body.receive, self._tag(send))
 
-    def _tag(self, send):
-        """Name the instance on every HTTP response (doctor's stickiness check, debugging)."""
+    def _tag(self, send, path: str = ""):
+        """Name the instance on every HTTP response (doctor's stickiness check, debugging); and say
+        how long what Chainlit serves at ``path`` may be cached (``runtime.assets``)."""
         header = (INSTANCE_HEADER, self.instance.settings.instance_id.encode())
 
         async def tagged(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), header]}
+                headers = cache_headers(path, message.get("status", 200), list(message.get("headers", [])))
+                message = {**message, "headers": [*headers, header]}
             await send(message)
 
         return tagged
@@ -168,6 +184,8 @@ class InstanceApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.instance.start()
+                if self.assets is not None:  # in the background: until built, Chainlit serves them
+                    self._building = asyncio.get_running_loop().create_task(self.assets.build())
             elif message["type"] == "lifespan.shutdown":
                 await self.instance.stop()
             return message

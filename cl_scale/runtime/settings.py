@@ -97,12 +97,17 @@ class RuntimeSettings:
     #: Append every user message to the requests stream (``Keyspace.requests``), where the gRPC
     #: gateway's ``Subscribe`` hands them to workers that have no Redis access. Off: no extra write.
     publish_requests: bool = False
+    #: Journal unfinished user messages (``runtime.journal``): one Redis write per message buys "nothing
+    #: the user sent is lost" across a shutdown or a crash. Off: stock behaviour.
+    journal: bool = True
+    #: Serve Chainlit's frontend assets precompressed (brotli, gzip) with long-lived caching
+    #: (``runtime.assets``); off: Chainlit compresses them on every request.
+    precompress: bool = True
+    #: Where the compressed assets are kept between starts; None: a temp directory per Chainlit version.
+    assets_cache: str | None = None
     #: Where uploads live so another instance can serve them after the owner dies (``runtime.uploads``):
     #: ``local`` (the owner's disk; lost with it), ``shared`` (``uploads_dir``, a directory every
     #: instance mounts, e.g. a ReadWriteMany volume) or ``redis`` (bounded per session by ``uploads_max_mb``).
-    #: Journal unfinished user messages (``runtime.journal``): two Redis writes per message buy "nothing
-    #: the user sent is lost" across a shutdown or a crash. Off: stock behaviour.
-    journal: bool = True
     uploads: str = "local"
     uploads_dir: str | None = None
     uploads_max_mb: int = 20
@@ -135,6 +140,8 @@ class RuntimeSettings:
             publish_requests=_flag("CL_SCALE_PUBLISH_REQUESTS", _env("CL_SCALE_PUBLISH_REQUESTS", "false")),
             files_dir=_env("CL_SCALE_FILES_DIR"),
             journal=_flag("CL_SCALE_JOURNAL", _env("CL_SCALE_JOURNAL", "true")),
+            precompress=_flag("CL_SCALE_PRECOMPRESS", _env("CL_SCALE_PRECOMPRESS", "true")),
+            assets_cache=_env("CL_SCALE_ASSETS_CACHE"),
             uploads=_env("CL_SCALE_UPLOADS", "local"),
             uploads_dir=_env("CL_SCALE_UPLOADS_DIR"),
             uploads_max_mb=_number("CL_SCALE_UPLOADS_MAX_MB", _env("CL_SCALE_UPLOADS_MAX_MB", "20"), int, 1, 1024),
