@@ -35,8 +35,9 @@ def _command(name: str, redis_url: str):
     return None
 
 
-def start(name: str, tmp: Path, redis, clients: int = 0) -> ProcessCluster:
-    """One setup, ready to measure. ``clients``: how many websockets nginx must hold (2 connections each)."""
+def start(name: str, tmp: Path, redis, clients: int = 0, nginx: bool | None = None) -> ProcessCluster:
+    """One setup, ready to measure. ``clients``: how many websockets nginx must hold (2 connections each).
+    ``nginx``: put the rendered nginx in front (default: when there is more than one instance)."""
     app_dir = tmp / name
     app_dir.mkdir()
     shutil.copy(resources.files("cl_scale.bench.apps").joinpath("echo.py"), app_dir / "app.py")
@@ -47,7 +48,7 @@ def start(name: str, tmp: Path, redis, clients: int = 0) -> ProcessCluster:
     try:
         cluster.start(count, prefix=name, command=_command(name, redis.url),
                       ready_path="/readyz" if name == "cl-scale" else "/health",
-                      nginx=count > 1, nginx_sets=[f"nginx.workerConnections={max(4096, 2 * clients + 512)}"])
+                      nginx=count > 1 if nginx is None else nginx, nginx_sets=[f"nginx.workerConnections={max(4096, 2 * clients + 512)}"])
     except BaseException:
         cluster.stop()
         raise

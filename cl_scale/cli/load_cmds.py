@@ -95,6 +95,7 @@ def loadtest_cmd(
         "  cl-scale bench --paths                          # SDK vs HTTP gateway vs Kafka vs RabbitMQ bridge\n"
         "  cl-scale bench --autogen                        # AutoGen group chats: 1, 10, 100 at once\n"
         "  cl-scale bench --failover                       # SIGKILL -> notice / re-run, Sentinel, journal cost\n"
+        "  cl-scale bench --page-load                      # page ready in Chromium: stock vs cl-scale, cold/warm\n"
         "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
@@ -115,6 +116,9 @@ def bench_cmd(
     failover: bool = typer.Option(False, "--failover", help="Instead: seconds from a SIGKILL to the interrupted "
                                   "notice / the re-run's first token, a Redis failover behind Sentinel, and the "
                                   "journal's cost side by side; writes failover.json and plots/failover.png."),
+    page_load: bool = typer.Option(False, "--page-load", help="Instead: page ready (Socket.IO connected) in "
+                                   "Debian's Chromium, stock Chainlit vs cl-scale behind the rendered nginx, cold "
+                                   "and warm cache; writes pageload.json and plots/pageload.png."),
     autogen: bool = typer.Option(False, "--autogen", help="Instead: distributed AutoGen group chats (1, 10, 100 at "
                                  "once) against AutoGen alone in one process: turns/s, chunk latency, lost; writes "
                                  "autogen.json and plots/autogen.png."),
@@ -136,7 +140,20 @@ def bench_cmd(
 
         if (out_dir / "failover.json").is_file() and failover_bench.MARK_START in readme.read_text():
             failover_bench.update_readme(readme, out_dir / "failover.json")
+        from cl_scale.bench import pageload as pageload_bench
+
+        if (out_dir / "pageload.json").is_file() and pageload_bench.MARK_START in readme.read_text():
+            pageload_bench.update_readme(readme, out_dir / "pageload.json")
         typer.echo(f"updated {readme} from {out_dir}")
+        return
+    if page_load:
+        from cl_scale.bench import pageload as pageload_bench
+
+        pageload_bench.check()
+        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
+        results = pageload_bench.run(out_dir, quick=quick)
+        typer.echo(pageload_bench.readme_section(results))
+        typer.echo(f"wrote {out_dir / 'pageload.json'} and {out_dir / 'plots' / 'pageload.png'}")
         return
     if failover:
         from cl_scale.bench import failover as failover_bench
