@@ -42,7 +42,7 @@ def check() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        raise UserError("--page-load needs Playwright: pip install 'cl-scale[test]'") from None
+        raise UserError("--page-load needs Playwright: pip install 'cl-scale[loadtest]'") from None
     if not Path(CHROMIUM).exists():
         raise UserError(f"--page-load needs Chromium at {CHROMIUM} (apt-get install chromium)")
 
