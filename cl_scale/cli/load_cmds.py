@@ -123,65 +123,42 @@ def bench_cmd(
                                  "once) against AutoGen alone in one process: turns/s, chunk latency, lost; writes "
                                  "autogen.json and plots/autogen.png."),
 ) -> None:
-    from cl_scale.bench import paths as paths_bench
+    import importlib
+
     from cl_scale.bench import report, run
     from cl_scale.bench.setups import SETUPS
 
-    if readme is not None:
-        out_dir = out or run.default_out()
-        report.update_readme(readme, out_dir / "results.json")
-        if (out_dir / "paths.json").is_file() and paths_bench.MARK_START in readme.read_text():
-            paths_bench.update_readme(readme, out_dir / "paths.json")
-        from cl_scale.bench import autogen as autogen_bench
-
-        if (out_dir / "autogen.json").is_file() and autogen_bench.MARK_START in readme.read_text():
-            autogen_bench.update_readme(readme, out_dir / "autogen.json")
-        from cl_scale.bench import failover as failover_bench
-
-        if (out_dir / "failover.json").is_file() and failover_bench.MARK_START in readme.read_text():
-            failover_bench.update_readme(readme, out_dir / "failover.json")
-        from cl_scale.bench import pageload as pageload_bench
-
-        if (out_dir / "pageload.json").is_file() and pageload_bench.MARK_START in readme.read_text():
-            pageload_bench.update_readme(readme, out_dir / "pageload.json")
-        typer.echo(f"updated {readme} from {out_dir}")
-        return
-    if page_load:
-        from cl_scale.bench import pageload as pageload_bench
-
-        pageload_bench.check()
-        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
-        results = pageload_bench.run(out_dir, quick=quick)
-        typer.echo(pageload_bench.readme_section(results))
-        typer.echo(f"wrote {out_dir / 'pageload.json'} and {out_dir / 'plots' / 'pageload.png'}")
-        return
-    if failover:
-        from cl_scale.bench import failover as failover_bench
-
-        run.check_optional_dependencies()
-        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
-        results = failover_bench.run(out_dir, quick=quick)
-        typer.echo(failover_bench.readme_section(results))
-        typer.echo(f"wrote {out_dir / 'failover.json'} and {out_dir / 'plots' / 'failover.png'}")
-        return
-    if autogen:
-        from cl_scale.bench import autogen as autogen_bench
+    # The benchmarks besides the main one: flag, module (run / readme_section / update_readme /
+    # MARK_START), its JSON and plot name, and what it needs before it starts.
+    def autogen_ready():
         from cl_scale.cli.bridge_cmds import _autogen_check
 
         run.check_optional_dependencies()
         _autogen_check()
-        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
-        results = autogen_bench.run(out_dir, quick=quick)
-        typer.echo(autogen_bench.readme_section(results))
-        typer.echo(f"wrote {out_dir / 'autogen.json'} and {out_dir / 'plots' / 'autogen.png'}")
+
+    def pageload_ready():
+        importlib.import_module("cl_scale.bench.pageload").check()
+
+    modes = [(paths, "paths", run.check_optional_dependencies), (autogen, "autogen", autogen_ready),
+             (failover, "failover", run.check_optional_dependencies), (page_load, "pageload", pageload_ready)]
+    if readme is not None:
+        out_dir = out or run.default_out()
+        report.update_readme(readme, out_dir / "results.json")
+        for _, name, _ in modes:
+            bench = importlib.import_module(f"cl_scale.bench.{name}")
+            if (out_dir / f"{name}.json").is_file() and bench.MARK_START in readme.read_text():
+                bench.update_readme(readme, out_dir / f"{name}.json")
+        typer.echo(f"updated {readme} from {out_dir}")
         return
-    if paths:
-        run.check_optional_dependencies()
-        out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
-        results = paths_bench.run(out_dir, quick=quick)
-        typer.echo(paths_bench.readme_section(results))
-        typer.echo(f"wrote {out_dir / 'paths.json'} and {out_dir / 'plots' / 'paths.png'}")
-        return
+    for chosen, name, ready in modes:
+        if chosen:
+            ready()
+            bench = importlib.import_module(f"cl_scale.bench.{name}")
+            out_dir = out or (run.default_out() / "out" / "quick" if quick else run.default_out())
+            results = bench.run(out_dir, quick=quick)
+            typer.echo(bench.readme_section(results))
+            typer.echo(f"wrote {out_dir / f'{name}.json'} and {out_dir / 'plots' / f'{name}.png'}")
+            return
     if clients is not None and clients < 1:
         raise UserError(f"--clients {clients}: must be at least 1")
     selected = [s.strip() for s in only.split(",") if s.strip()] if only else None
