@@ -253,7 +253,7 @@ class ChainlitHooks:
         if not compat.transport_open(self.sio, sid):  # the client left while Chainlit connected it
             self.forget(session)
             return False
-        # Take the session over, if it is still what we loaded (a compare-and-set on the owner): of
+        # Take the session over, if it is still what we loaded (a compare-and-set on its version): of
         # two handshakes restoring one session at once, one wins; the other refuses its handshake.
         claimed = await self.sync.save(session, claim=True, connected=True, expected=record)
         if claimed == "lost":
