@@ -204,11 +204,16 @@ class SessionSync:
         time) or ``"lost"`` (a peer owns it: ``on_lost`` ran). ``connected`` defaults to the socket's real
         state: a write that lands after a disconnect (a scheduled save, a worker batch) must not mark
         the session connected again. ``claim`` takes the session over if it is still what ``expected`` (the record the
-        restore loaded, None if there was none) holds: a compare-and-set on its version."""
+        restore loaded, None if there was none) holds: a compare-and-set on its version. ``"stale"``: a
+        newer copy of the session was restored in this process since (the session came back here), and
+        only that copy writes — the old one's socket field and state are history."""
         if connected is None:
             connected = self.state.connected(session)
         lock = self._locks.setdefault(session.id, asyncio.Lock())
         async with lock:
+            current = self.state.session(session.id)
+            if current is not None and current is not session:
+                return "stale"
             changed = session.id in self._dirty or claim or connected  # else: a bare disconnect mark
             self._dirty.discard(session.id)
             changes = self._context_changes(session.id)

@@ -161,12 +161,17 @@ class ChainlitState:
 
     @staticmethod
     def forget(session) -> None:
-        """Drop a session from this process without running app callbacks (it lives elsewhere)."""
+        """Drop a session from this process without running app callbacks (it lives elsewhere).
+
+        A stale copy (one that a newer copy of the same session replaced here) drops only itself:
+        ``user_session`` and the chat context are keyed by the session id, so they are the newer copy's."""
         session_mod, user_mod, context_mod = _modules()
-        if session_mod.ws_sessions_id.get(session.id) is session:
-            session_mod.ws_sessions_id.pop(session.id, None)
         if session_mod.ws_sessions_sid.get(session.socket_id) is session:
             session_mod.ws_sessions_sid.pop(session.socket_id, None)
+        current = session_mod.ws_sessions_id.get(session.id)
+        if current is not None and current is not session:
+            return
+        session_mod.ws_sessions_id.pop(session.id, None)
         user_mod.user_sessions.pop(session.id, None)
         context_mod.chat_contexts.pop(session.id, None)
 

@@ -139,7 +139,7 @@ class ChainlitHooks:
                         # the user's message is answered: off the journal in the same write as the
                         # reply's state, before the user can see it, so an instance dying right after
                         # never counts the reply as interrupted
-                        await hooks.answered(session.id)
+                        await hooks.answered(session)
                     await hooks.sync.commit(session)
                 return await original(self, step_dict, *args, **kwargs)
 
@@ -155,7 +155,7 @@ class ChainlitHooks:
             # the reply being streamed: what a re-run on another instance replaces if this one dies
             session = getattr(self, "session", None)
             run = hooks._running.get(getattr(session, "id", None))
-            if hooks.journal is not None and run is not None and (step_dict or {}).get("id"):
+            if hooks.journal is not None and run is not None and run.session is session and (step_dict or {}).get("id"):
                 # recorded before the first token shows: a partial reply a re-run must remove is known
                 await run.begun()  # (the entry exists before it is updated)
                 await hooks._journal(hooks.journal.replying, session.id, run.message_id, str(step_dict["id"]))
@@ -341,7 +341,7 @@ class ChainlitHooks:
         if self.journal is not None and message_id:
             # Issued, not awaited (a round trip before every reply otherwise): on the wire before the
             # handler runs; the reply's settle waits for it, so the two never land out of order.
-            run = self._running[session.id] = _Run(message_id, self.sync.spawn(self._journal(
+            run = self._running[session.id] = _Run(session, message_id, self.sync.spawn(self._journal(
                 self.journal.write, session.id, message_id, payload, "running", attempts)))
             await asyncio.sleep(0)
         try:
@@ -360,14 +360,15 @@ class ChainlitHooks:
         if self._closing_writes:
             await asyncio.wait(set(self._closing_writes), timeout=timeout)
 
-    async def answered(self, session_id: str) -> None:
-        """The running message of this session is answered: off the journal with the session's next
-        write (the reply's commit), once."""
-        run = self._running.pop(session_id, None)
-        if run is not None:
+    async def answered(self, session) -> None:
+        """The running message of this session copy is answered: off the journal with the session's
+        next write (the reply's commit), once."""
+        run = self._running.get(session.id)
+        if run is not None and run.session is session:
+            self._running.pop(session.id)
             run.settled = True
             await run.begun()
-            self.sync.settle(session_id, run.message_id)
+            self.sync.settle(session.id, run.message_id)
 
     async def _journal(self, call, session_id: str, *args) -> bool:
         """A journal write that never stands in the way of the user's message (logged if it fails)."""
@@ -396,7 +397,13 @@ class ChainlitHooks:
     def forget(self, session) -> None:
         """Drop a session from this process without running app callbacks (it lives elsewhere). If
         its socket is still connected here, that socket is dropped too: left in place it would be a
-        socket without a session, and the client would never reconnect to where its session is."""
+        socket without a session, and the client would never reconnect to where its session is.
+
+        ``session`` may be a stale copy (a write or reply still in flight for it when a newer copy of the
+        same session was restored here): then only that copy goes — its socket and its reply — and the
+        newer one keeps its state, its running message and its rooms."""
+        current = self.state.session(session.id)
+        stale = current is not None and current is not session
         sid = getattr(session, "socket_id", None)
         if sid and self.state.connected(session):
             asyncio.get_running_loop().create_task(compat.drop_transport(self.sio, sid))
@@ -405,13 +412,15 @@ class ChainlitHooks:
             # A reply still running here works on a copy that is no longer the session (Chainlit would
             # hand it an empty user_session); the peer that restored it took the journal entry and
             # finishes or re-runs the message. Stopped, and not settled: the entry is the peer's now.
-            run = self._running.pop(session.id, None)
-            if run is not None:
+            run = self._running.get(session.id)
+            if run is not None and run.session is session:
+                self._running.pop(session.id)
                 run.settled = True  # not by this process: the peer owns the entry
             task.cancel()
             log.info("session %s: a peer owns it now; the reply running here was stopped", session.id)
         self.state.forget(session)
-        self.release(session.id)
+        if not stale:
+            self.release(session.id)
 
     def taken(self, session_id: str) -> None:
         """A peer says it took this session over: check Redis (never the notice) and drop the local
@@ -446,13 +455,13 @@ class ChainlitHooks:
 
 
 class _Run:
-    """A user message whose handler runs here: its journal entry's write (issued, maybe not yet
-    answered by Redis) and whether it was settled."""
+    """A user message whose handler runs here: the session copy it runs on, its journal entry's write
+    (issued, maybe not yet answered by Redis) and whether it was settled."""
 
-    __slots__ = ("message_id", "begin", "settled")
+    __slots__ = ("session", "message_id", "begin", "settled")
 
-    def __init__(self, message_id: str, begin: asyncio.Task):
-        self.message_id, self.begin, self.settled = message_id, begin, False
+    def __init__(self, session, message_id: str, begin: asyncio.Task):
+        self.session, self.message_id, self.begin, self.settled = session, message_id, begin, False
 
     async def begun(self) -> None:
         """The entry's write has landed (a settle issued before it would be undone by it)."""
