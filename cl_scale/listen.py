@@ -27,3 +27,22 @@ def bind(host: str, port: int, option: str | None = None) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; return the soft limit now.
+
+    Why: every websocket client holds one file descriptor for as long as it is connected, and the usual
+    soft default (1024) refuses the thousandth client with "Too many open files" while the hard limit
+    (containerd and systemd give 524288 or more) would allow hundreds of times that. Raising soft up to
+    hard needs no privilege; children (instances started by ``cl-scale up``/the bench) inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # e.g. above fs.nr_open: keep what we have
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

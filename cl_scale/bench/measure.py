@@ -149,7 +149,9 @@ async def capacity(url: str, pids: list[int], redis_pid: int | None, p: dict, *,
     try:
         await asyncio.gather(*(one(c) for c in clients))
         connect_s = time.perf_counter() - t0
+        idle0, held0 = cpu_seconds(pids), time.perf_counter()
         await asyncio.sleep(p["hold_s"])  # idle across Engine.IO pings (25 s interval in the full run)
+        idle_cpu = (cpu_seconds(pids) - idle0) / (time.perf_counter() - held0)
         dropped = sum(1 for c in connected if not c.sio.connected)
         rss_after = rss_bytes(pids)
         senders = [c for c in connected if c.sio.connected][:p["cpu_senders"]]
@@ -178,7 +180,7 @@ async def capacity(url: str, pids: list[int], redis_pid: int | None, p: dict, *,
     return {
         "clients_attempted": n, "clients_held": len(connected) - dropped,
         "client_failures": sum(errors.values()) + dropped, "client_errors": errors, "connect_s": round(connect_s, 2),
-        "hold_s": p["hold_s"], "rss_before_mb": round(rss_before / 2**20, 1), "rss_after_mb": round(rss_after / 2**20, 1),
+        "hold_s": p["hold_s"], "idle_cpu_pct": round(100 * idle_cpu, 2), "rss_before_mb": round(rss_before / 2**20, 1), "rss_after_mb": round(rss_after / 2**20, 1),
         "mem_per_conn_kb": round((rss_after - rss_before) / max(1, len(connected)) / 1024, 1),
         "cpu_messages": messages, "cpu_message_errors": send_errors,
         "cpu_ms_per_msg": round(cpu * 1000 / max(1, messages), 3),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from cl_scale.bench import measure, report, setups, worker
 from cl_scale.errors import UserError
+from cl_scale.listen import raise_open_file_limit
 
 
 def default_out() -> Path:
@@ -31,7 +31,7 @@ def params(quick: bool, clients: int | None) -> dict:
         p = {"echoes": 20, "streams": 1, "tokens": 2000, "clients": 30, "hold_s": 2.0, "cpu_messages": 60,
              "cpu_senders": 6, "push_rounds": 20, "push_messages": 200, "render_runs": 2}
     else:
-        p = {"echoes": 500, "streams": 10, "tokens": 2000, "clients": 2000, "hold_s": 35.0, "cpu_messages": 3000,
+        p = {"echoes": 500, "streams": 10, "tokens": 2000, "clients": 5000, "hold_s": 60.0, "cpu_messages": 3000,
              "cpu_senders": 30, "push_rounds": 500, "push_messages": 10_000, "render_runs": 15}
     if clients is not None:
         p["clients"] = clients
@@ -46,14 +46,6 @@ def check_optional_dependencies() -> None:
             __import__(module)
         except ImportError:
             raise UserError(f"cl-scale bench needs {package}: pip install 'cl-scale[loadtest]'") from None
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def render_speed(runs: int) -> dict:
@@ -81,7 +73,7 @@ def run(out_dir: Path, *, quick: bool = False, clients: int | None = None, only:
         raise UserError(f"no setup selected: choose from {', '.join(setups.SETUPS)}")
     check_optional_dependencies()
     p = params(quick, clients)
-    fd_limit = raise_fd_limit()
+    fd_limit = raise_open_file_limit()
     if fd_limit < p["clients"] * 3 + 256:
         raise UserError(f"--clients {p['clients']}: open-file limit {fd_limit} is too low (need ~3 per client); "
                         "raise `ulimit -n`")

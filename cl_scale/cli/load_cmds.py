@@ -91,7 +91,7 @@ def loadtest_cmd(
         "\b\n"
         "  cl-scale bench                                  # full run: ~8 min, keep the machine quiet\n"
         "  cl-scale bench --quick --out /tmp/b             # smoke run: few iterations, few clients\n"
-        "  cl-scale bench --only cl-scale --clients 2000   # capacity of (c) alone\n"
+        "  cl-scale bench --only cl-scale --clients 10000  # capacity of (c) alone\n"
         "  cl-scale bench --paths                          # SDK vs HTTP gateway vs Kafka vs RabbitMQ bridge\n"
         "  cl-scale bench --autogen                        # AutoGen group chats: 1, 10, 100 at once\n"
         "  cl-scale bench --failover                       # SIGKILL -> notice / re-run, Sentinel, journal cost\n"
@@ -104,7 +104,7 @@ def bench_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for results.json and plots/ "
                                        "(default: bench/ of the source tree, else ./bench)."),
     clients: Optional[int] = typer.Option(None, help="Concurrent websocket clients to hold per setup "
-                                          "(default 2000; --quick 30)."),
+                                          "(default 5000; --quick 30)."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated subset of setups: "
                                        "stock,stock-redis,cl-scale (default: all three)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the section between <!-- bench:start --> "

@@ -104,6 +104,7 @@ def _app_service(values: Values, name: str) -> dict[str, Any]:
         "healthcheck": {"test": ["CMD", "python", "-c", probe], "interval": "10s", "timeout": "5s",
                         "retries": 3, "start_period": "30s"},
         "stop_grace_period": f"{values.drain.seconds + 15}s",
+        "ulimits": _nofile(values),  # one descriptor per websocket client
         "restart": "unless-stopped",
     }
     if redis_mounts(values):
@@ -133,8 +134,16 @@ def _nginx_service(values: Values) -> dict[str, Any]:
         "volumes": volumes,
         "ports": ports,
         "depends_on": {name: {"condition": "service_started"} for name in service_names(values)},
+        "ulimits": _nofile(values),  # two descriptors per websocket client (worker_rlimit_nofile asks as many)
         "restart": "unless-stopped",
     }
+
+
+def _nofile(values: Values) -> dict[str, Any]:
+    """The open-file limit of the app and nginx containers: room for every client nginx admits (Docker's
+    default soft limit is 1024 on some hosts)."""
+    n = max(65536, values.nginx.workerConnections * 2)
+    return {"nofile": {"soft": n, "hard": n}}
 
 
 def _bridge_service(values: Values, bridge) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     # A taken port is one line (exit 2), before anything loads; so is a TLS mistake towards Redis
     # (Redis merely down is not: the instance serves not-ready until it answers).
     from cl_scale.errors import UserError
-    from cl_scale.listen import bind
+    from cl_scale.listen import bind, raise_open_file_limit
     from cl_scale.runtime import api
     from cl_scale.runtime.asgi import InstanceApp
     from cl_scale.runtime.chainlit import boot
@@ -36,6 +36,10 @@ def run(target: str, settings: RuntimeSettings, *, headless: bool = True, debug:
     if problem:
         raise UserError(f"--redis-url / CL_SCALE_REDIS_URL={redacted(settings.redis_url)}: {problem}")
     sockets = [bind(settings.host, settings.port)]
+    if (files := raise_open_file_limit()) < 8192:  # one per websocket client
+        logging.getLogger("cl_scale.instance").warning(
+            "open-file limit is %d (hard limit): this instance refuses clients beyond ~%d; raise `ulimit -n` "
+            "(compose: ulimits.nofile; systemd: LimitNOFILE)", files, max(0, files - 200))
     if settings.grpc_port is not None:  # free now (gRPC binds it at start), and the extra installed
         bind(settings.host, settings.grpc_port).close()
         import importlib.util

@@ -44,6 +44,7 @@ def test_quick_bench_writes_results_plots_and_the_readme_section(tmp_path):
         assert s["clients_attempted"] == 12 and s["clients_held"] == 12 and s["client_failures"] == 0, s
         assert s["cpu_message_errors"] == 0 and s["cpu_messages"] > 0
         assert isinstance(s["mem_per_conn_kb"], (int, float)) and s["rss_after_mb"] > 0
+        assert isinstance(s["idle_cpu_pct"], (int, float)) and s["idle_cpu_pct"] >= 0
     w = report["worker"]
     for path in ("worker", "raw_emit"):
         assert _positive(w["latency"][path]["p50_ms"]) and w["latency"][path]["n"] == p["push_rounds"]
