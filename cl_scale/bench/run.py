@@ -114,7 +114,8 @@ def run(out_dir: Path, *, quick: bool = False, clients: int | None = None, only:
             "echo/stream: one client on instance 1 of each setup (no balancer hop), setups measured in "
             "rotating rounds; capacity: through nginx ip_hash for (b)/(c), loopback sources 127.0.N.1",
             "memory per connection = RSS delta of the instance processes / clients held; CPU per message = "
-            "instance CPU time delta / echo messages (Redis CPU reported separately; nginx not counted)",
+            "(instance CPU time delta during the burst - idle CPU rate x burst time) / echo messages (gross "
+            "figure in cpu_ms_per_msg_gross; Redis CPU reported separately; nginx not counted)",
             worker.__doc__.split("\n\n")[0].replace("\n", " "),
         ],
         "setups": {n: {"instances": len(running[n].instances), **latency[n], **capacity[n]} for n in names},

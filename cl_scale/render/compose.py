@@ -134,7 +134,7 @@ def _nginx_service(values: Values) -> dict[str, Any]:
         "volumes": volumes,
         "ports": ports,
         "depends_on": {name: {"condition": "service_started"} for name in service_names(values)},
-        "ulimits": _nofile(values),  # two descriptors per websocket client (worker_rlimit_nofile asks as many)
+        "ulimits": _nofile(values),  # two descriptors per websocket client
         "restart": "unless-stopped",
     }
 

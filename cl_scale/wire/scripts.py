@@ -102,7 +102,7 @@ def session_delete(ks: Keyspace, session_id: str, owner: str, run: str = "") -> 
 # the owner renders it without reading the stream first. With one entry ahead (maybe being rendered
 # by that fast path, which reads nothing after it) the wake-up is the session id alone. With more, a
 # drain is already reading: it reads until the stream is empty, so no wake-up is sent (the owner's
-# one-second sweep is the safety net).
+# outbox sweep is the safety net).
 OUTBOX_APPEND = _lua("""
 if ARGV[11] == '1' and redis.call('EXISTS', ARGV[9]) == 0 then return 3 end
 if redis.call('EXISTS', ARGV[10]) == 1 then return 2 end

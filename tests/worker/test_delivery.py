@@ -133,3 +133,19 @@ async def test_update_and_remove_act_on_the_message_in_the_chat_context(cluster,
         assert updates and updates[-1]["output"] == "w-keep (edited)"
     finally:
         await client.close()
+
+
+async def test_an_entry_whose_wake_up_went_astray_is_delivered_by_the_outbox_sweep(cluster, worker_env):
+    """The wake-up is the fast path; the owner's outbox sweep is the safety net (a wake-up sent to the
+    previous owner of a moving session, or lost while the listener reconnected)."""
+    (a,) = cluster.start(1, env=worker_env).instances
+    client = await started(ChainlitClient(a.url))
+    try:
+        async with Publisher(cluster.redis.url, key_id="k1", key="secret-one") as pub:
+            keys, args = pub._args(pub.body(client.session_id, "message", "w-astray", "w-astray", "w-astray", None, None))
+            args[7] = "cl-scale-test:nobody-listens:"  # the wake channel prefix: the wake-up reaches no instance
+            assert await pub._script(keys=keys, args=args) == 1
+        await client.wait_for(lambda: "w-astray" in worker_texts(client), 15)
+        assert worker_texts(client) == ["w-astray"]
+    finally:
+        await client.close()
