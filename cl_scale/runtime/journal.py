@@ -17,10 +17,13 @@ kills its instance every time ends as interrupted, never in a loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
+
+import redis.exceptions
 
 from cl_scale.wire.keyspace import Keyspace
 
@@ -88,6 +91,37 @@ class Journal:
                  "attempts": attempts, "reply": reply}
         await self._write(keys=[self.keys.journal(session_id)],
                           args=[message_id, json.dumps(entry, separators=(",", ":"), default=str), self.ttl])
+
+    async def begin(self, session_id: str, message_id: str, payload: dict, attempts: int,
+                    sent: asyncio.Event) -> None:
+        """``write`` of a ``running`` entry for a handler about to start: ``sent`` is set once the command
+        is in this process's socket — the kernel delivers it to Redis even if the process is SIGKILLed
+        the next instant — so the handler need not wait for Redis's answer. (A client call can hold the
+        command back for a round trip first: a health-check PING on a connection idle for a while.)"""
+        entry = {"payload": payload, "state": "running", "owner": self.instance_id, "at": round(time.time(), 3),
+                 "attempts": attempts, "reply": None}
+        args = ("EVAL", _WRITE, 1, self.keys.journal(session_id), message_id,
+                json.dumps(entry, separators=(",", ":"), default=str), self.ttl)
+        pool = self.redis.connection_pool
+        try:
+            for attempt in (1, 2):
+                conn = await pool.get_connection()
+                try:
+                    await conn.send_command(*args)
+                    sent.set()
+                    await conn.read_response()
+                    return
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    await conn.disconnect()
+                    if sent.is_set() or attempt == 2:  # sent and lost, or Redis unreachable: logged
+                        raise
+                except BaseException:
+                    await conn.disconnect()  # a reply may be unread: never hand this connection on
+                    raise
+                finally:
+                    await pool.release(conn)
+        finally:
+            sent.set()
 
     async def replying(self, session_id: str, message_id: str, reply_id: str) -> None:
         """Record which message the handler is streaming (a re-run replaces it)."""

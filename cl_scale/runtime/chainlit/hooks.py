@@ -24,6 +24,9 @@ log = logging.getLogger("cl_scale.hooks")
 # Longest a handshake waits for Redis to answer whether its session exists (a stall, a failover).
 # Past it the transport is dropped without a verdict, and the client reconnects by itself later.
 HANDSHAKE_STORE_WAIT = 10.0
+#: Seconds a user message's handler waits for its journal entry to be sent (not answered): bounded, so
+#: an unreachable Redis delays a message at most this long before it runs unjournaled.
+JOURNAL_SEND_WAIT = 1.0
 _CLIENT_TYPES = ("webapp", "copilot", "teams", "slack", "discord")
 _OPTIONAL_STR = ("threadId", "userEnv", "chatProfile")
 
@@ -339,11 +342,16 @@ class ChainlitHooks:
             return
         run = None
         if self.journal is not None and message_id:
-            # Issued, not awaited (a round trip before every reply otherwise): on the wire before the
-            # handler runs; the reply's settle waits for it, so the two never land out of order.
+            # In the socket before the handler runs (a handler may take its process down at once), its
+            # answer not awaited (a round trip before every reply otherwise); the reply's settle waits
+            # for the answer, so the two never land out of order.
+            sent = asyncio.Event()
             run = self._running[session.id] = _Run(session, message_id, self.sync.spawn(self._journal(
-                self.journal.write, session.id, message_id, payload, "running", attempts)))
-            await asyncio.sleep(0)
+                self.journal.begin, session.id, message_id, payload, attempts, sent)))
+            try:
+                await asyncio.wait_for(sent.wait(), JOURNAL_SEND_WAIT)
+            except asyncio.TimeoutError:  # Redis unreachable: the message runs unjournaled (logged)
+                pass
         try:
             with self.sync.handler(session.id):
                 await self._process_message(session, payload)
