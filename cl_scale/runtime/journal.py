@@ -85,12 +85,14 @@ class Journal:
         self._take = redis.register_script(_TAKE)
         self._write = redis.register_script(_WRITE)
 
+    def _entry(self, payload: dict, state: str, attempts: int, reply: str | None = None) -> str:
+        return json.dumps({"payload": payload, "state": state, "owner": self.instance_id, "at": round(time.time(), 3),
+                           "attempts": attempts, "reply": reply}, separators=(",", ":"), default=str)
+
     async def write(self, session_id: str, message_id: str, payload: dict, state: str, attempts: int = 0,
                     reply: str | None = None) -> None:
-        entry = {"payload": payload, "state": state, "owner": self.instance_id, "at": round(time.time(), 3),
-                 "attempts": attempts, "reply": reply}
         await self._write(keys=[self.keys.journal(session_id)],
-                          args=[message_id, json.dumps(entry, separators=(",", ":"), default=str), self.ttl])
+                          args=[message_id, self._entry(payload, state, attempts, reply), self.ttl])
 
     async def begin(self, session_id: str, message_id: str, payload: dict, attempts: int,
                     sent: asyncio.Event) -> None:
@@ -98,10 +100,8 @@ class Journal:
         is in this process's socket — the kernel delivers it to Redis even if the process is SIGKILLed
         the next instant — so the handler need not wait for Redis's answer. (A client call can hold the
         command back for a round trip first: a health-check PING on a connection idle for a while.)"""
-        entry = {"payload": payload, "state": "running", "owner": self.instance_id, "at": round(time.time(), 3),
-                 "attempts": attempts, "reply": None}
-        args = ("EVAL", _WRITE, 1, self.keys.journal(session_id), message_id,
-                json.dumps(entry, separators=(",", ":"), default=str), self.ttl)
+        args = ("EVAL", _WRITE, 1, self.keys.journal(session_id), message_id, self._entry(payload, "running", attempts),
+                self.ttl)
         pool = self.redis.connection_pool
         try:
             for attempt in (1, 2):
