@@ -84,6 +84,7 @@ class Journal:
         self.redis, self.keys, self.instance_id, self.ttl = redis, keys, instance_id, ttl
         self._take = redis.register_script(_TAKE)
         self._write = redis.register_script(_WRITE)
+        self._answers: set[asyncio.Task] = set()
 
     def _entry(self, payload: dict, state: str, attempts: int, reply: str | None = None) -> str:
         return json.dumps({"payload": payload, "state": state, "owner": self.instance_id, "at": round(time.time(), 3),
@@ -94,34 +95,63 @@ class Journal:
         await self._write(keys=[self.keys.journal(session_id)],
                           args=[message_id, self._entry(payload, state, attempts, reply), self.ttl])
 
-    async def begin(self, session_id: str, message_id: str, payload: dict, attempts: int,
-                    sent: asyncio.Event) -> None:
-        """``write`` of a ``running`` entry for a handler about to start: ``sent`` is set once the command
+    async def begin(self, session_id: str, message_id: str, payload: dict, attempts: int, *,
+                    wait: float) -> asyncio.Task | None:
+        """``write`` of a ``running`` entry for a handler about to start, returned as soon as the command
         is in this process's socket — the kernel delivers it to Redis even if the process is SIGKILLed
         the next instant — so the handler need not wait for Redis's answer. (A client call can hold the
-        command back for a round trip first: a health-check PING on a connection idle for a while.)"""
+        command back for a round trip first: a health-check PING on a connection idle for a while.)
+
+        Returns the task that reads the answer (it logs a failure, never raises), or None when the
+        command could not be sent within ``wait`` seconds: Redis is unreachable and the handler runs
+        unjournaled (logged)."""
         args = ("EVAL", _WRITE, 1, self.keys.journal(session_id), message_id, self._entry(payload, "running", attempts),
                 self.ttl)
-        pool = self.redis.connection_pool
+        pool, conn = self.redis.connection_pool, None
         try:
-            for attempt in (1, 2):
-                conn = await pool.get_connection()
-                try:
-                    await conn.send_command(*args)
-                    sent.set()
-                    await conn.read_response()
-                    return
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                    await conn.disconnect()
-                    if sent.is_set() or attempt == 2:  # sent and lost, or Redis unreachable: logged
-                        raise
-                except BaseException:
-                    await conn.disconnect()  # a reply may be unread: never hand this connection on
-                    raise
-                finally:
-                    await pool.release(conn)
+            async with asyncio.timeout(wait):
+                for attempt in (1, 2):
+                    conn = await pool.get_connection()
+                    try:
+                        await conn.send_command(*args)
+                        break
+                    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                        # a connection that went stale in the pool: one more on a fresh one
+                        await self._drop(pool, conn)
+                        conn = None
+                        if attempt == 2:
+                            raise
+        except BaseException as exc:
+            if conn is not None:
+                await self._drop(pool, conn)  # a command may be half sent: never hand this connection on
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("session %s: journal entry not written (%s)", session_id, exc.__class__.__name__)
+            return None
+        task = asyncio.get_running_loop().create_task(self._answer(pool, conn, session_id))
+        self._answers.add(task)  # (an unreferenced task may be collected)
+        task.add_done_callback(self._answers.discard)
+        return task
+
+    async def _answer(self, pool, conn, session_id: str) -> None:
+        try:
+            await conn.read_response()
+        except redis.exceptions.ResponseError as exc:  # answered, the connection is clean
+            log.warning("session %s: journal entry refused (%s)", session_id, exc.__class__.__name__)
+        except BaseException as exc:
+            await conn.disconnect()  # an answer may be unread: never hand this connection on
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("session %s: journal entry not confirmed (%s)", session_id, exc.__class__.__name__)
         finally:
-            sent.set()
+            await pool.release(conn)
+
+    @staticmethod
+    async def _drop(pool, conn) -> None:
+        try:
+            await conn.disconnect()
+        finally:
+            await pool.release(conn)
 
     async def replying(self, session_id: str, message_id: str, reply_id: str) -> None:
         """Record which message the handler is streaming (a re-run replaces it)."""

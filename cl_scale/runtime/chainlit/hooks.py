@@ -345,13 +345,8 @@ class ChainlitHooks:
             # In the socket before the handler runs (a handler may take its process down at once), its
             # answer not awaited (a round trip before every reply otherwise); the reply's settle waits
             # for the answer, so the two never land out of order.
-            sent = asyncio.Event()
-            run = self._running[session.id] = _Run(session, message_id, self.sync.spawn(self._journal(
-                self.journal.begin, session.id, message_id, payload, attempts, sent)))
-            try:
-                await asyncio.wait_for(sent.wait(), JOURNAL_SEND_WAIT)
-            except asyncio.TimeoutError:  # Redis unreachable: the message runs unjournaled (logged)
-                pass
+            answer = await self.journal.begin(session.id, message_id, payload, attempts, wait=JOURNAL_SEND_WAIT)
+            run = self._running[session.id] = _Run(session, message_id, answer)
         try:
             with self.sync.handler(session.id):
                 await self._process_message(session, payload)
@@ -468,10 +463,11 @@ class _Run:
 
     __slots__ = ("session", "message_id", "begin", "settled")
 
-    def __init__(self, session, message_id: str, begin: asyncio.Task):
+    def __init__(self, session, message_id: str, begin: asyncio.Task | None):
         self.session, self.message_id, self.begin, self.settled = session, message_id, begin, False
 
     async def begun(self) -> None:
-        """The entry's write has landed (a settle issued before it would be undone by it)."""
-        if not self.begin.done():
+        """The entry's write has landed (a settle issued before it would be undone by it). No task: the
+        entry could not be sent (Redis unreachable; the handler ran unjournaled)."""
+        if self.begin is not None and not self.begin.done():
             await asyncio.shield(self.begin)
