@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests import test_bad_input
 from tests.bridge import test_bridges
 from tests.gateway import test_gateway_app, test_gateway_server
@@ -44,31 +46,12 @@ def test_readme_performance_section_is_generated_from_results_json():
     assert block == readme_section(results), "regenerate: cl-scale bench --readme README.md"
 
 
-def test_readme_worker_paths_block_is_generated_from_paths_json():
+@pytest.mark.parametrize("name", ["paths", "autogen", "failover", "pageload", "cost"])
+def test_readme_benchmark_blocks_are_generated_from_their_json(name):
+    import importlib
     import json
 
-    from cl_scale.bench import paths
-
-    results = json.loads((README.parent / "bench" / "paths.json").read_text())
-    block = README.read_text().split(paths.MARK_START + "\n", 1)[1].split("\n" + paths.MARK_END, 1)[0]
-    assert block == paths.readme_section(results), "regenerate: cl-scale bench --readme README.md"
-
-
-def test_readme_autogen_block_is_generated_from_autogen_json():
-    import json
-
-    from cl_scale.bench import autogen
-
-    results = json.loads((README.parent / "bench" / "autogen.json").read_text())
-    block = README.read_text().split(autogen.MARK_START + "\n", 1)[1].split("\n" + autogen.MARK_END, 1)[0]
-    assert block == autogen.readme_section(results), "regenerate: cl-scale bench --readme README.md"
-
-
-def test_readme_failover_block_is_generated_from_failover_json():
-    import json
-
-    from cl_scale.bench import failover
-
-    results = json.loads((README.parent / "bench" / "failover.json").read_text())
-    block = README.read_text().split(failover.MARK_START + "\n", 1)[1].split("\n" + failover.MARK_END, 1)[0]
-    assert block == failover.readme_section(results), "regenerate: cl-scale bench --readme README.md"
+    bench = importlib.import_module(f"cl_scale.bench.{name}")
+    results = json.loads((README.parent / "bench" / f"{name}.json").read_text())
+    block = README.read_text().split(bench.MARK_START + "\n", 1)[1].split("\n" + bench.MARK_END, 1)[0]
+    assert block == bench.readme_section(results), "regenerate: cl-scale bench --readme README.md"

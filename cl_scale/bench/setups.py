@@ -24,7 +24,8 @@ WORKER_KEY = ("bench", "bench-secret-" + "x" * 20)
 CHAINLIT = str(Path(sys.executable).parent / "chainlit")
 
 
-def _command(name: str, redis_url: str):
+def command_for(name: str, redis_url: str):
+    """How a setup's instances start: None for ``cl-scale run``, else ``(instance) -> argv``."""
     if name == "stock":
         return lambda inst: [CHAINLIT, "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(inst.port)]
     if name == "stock-redis":
@@ -46,7 +47,7 @@ def start(name: str, tmp: Path, redis, clients: int = 0, nginx: bool | None = No
                              env={"CL_SCALE_WORKER_KEYS": ":".join(WORKER_KEY)})
     count = 1 if name == "stock" else 3
     try:
-        cluster.start(count, prefix=name, command=_command(name, redis.url),
+        cluster.start(count, prefix=name, command=command_for(name, redis.url),
                       ready_path="/readyz" if name == "cl-scale" else "/health",
                       nginx=count > 1 if nginx is None else nginx, nginx_sets=[f"nginx.workerConnections={max(4096, 2 * clients + 512)}"])
     except BaseException:

@@ -96,6 +96,7 @@ def loadtest_cmd(
         "  cl-scale bench --autogen                        # AutoGen group chats: 1, 10, 100 at once\n"
         "  cl-scale bench --failover                       # SIGKILL -> notice / re-run, Sentinel, journal cost\n"
         "  cl-scale bench --page-load                      # page ready in Chromium: stock vs cl-scale, cold/warm\n"
+        "  cl-scale bench --cost                           # CPU per chat message, one process each, and its floor\n"
         "  cl-scale bench --readme README.md               # regenerate the README section from results.json"
     ),
 )
@@ -119,6 +120,10 @@ def bench_cmd(
     page_load: bool = typer.Option(False, "--page-load", help="Instead: page ready (Socket.IO connected) in "
                                    "Debian's Chromium, stock Chainlit vs cl-scale behind the rendered nginx, cold "
                                    "and warm cache; writes pageload.json and plots/pageload.png."),
+    cost: bool = typer.Option(False, "--cost", help="Instead: instance CPU per chat message like for like (stock, "
+                              "cl-scale with and without the journal, one process each; three cl-scale processes), "
+                              "one sender and many at once, beside the floor of two Redis round trips; writes "
+                              "cost.json and plots/cost.png."),
     autogen: bool = typer.Option(False, "--autogen", help="Instead: distributed AutoGen group chats (1, 10, 100 at "
                                  "once) against AutoGen alone in one process: turns/s, chunk latency, lost; writes "
                                  "autogen.json and plots/autogen.png."),
@@ -140,7 +145,8 @@ def bench_cmd(
         importlib.import_module("cl_scale.bench.pageload").check()
 
     modes = [(paths, "paths", run.check_optional_dependencies), (autogen, "autogen", autogen_ready),
-             (failover, "failover", run.check_optional_dependencies), (page_load, "pageload", pageload_ready)]
+             (failover, "failover", run.check_optional_dependencies), (page_load, "pageload", pageload_ready),
+             (cost, "cost", run.check_optional_dependencies)]
     if readme is not None:
         out_dir = out or run.default_out()
         report.update_readme(readme, out_dir / "results.json")
