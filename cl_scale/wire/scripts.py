@@ -20,7 +20,8 @@ def _lua(text: str) -> str:
 
 # --------------------------------------------------------------------------- sessions
 # Write a session if this process owns it, or claim it. KEYS: session, context, journal.
-# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected version, run, bump (0/1), k, then k user
+# ARGV: owner, claim (0/1), ttl, reset context (0/1), expected version, run, bump (0/1), live (0/1: the
+# session's socket is connected to this process), k, then k user
 # message ids answered by this write (deleted from the journal: settled in the same write as the reply's
 # state, no round trip of their own), n fields, then n (field, value) pairs of the record, m upserts,
 # then m (message id, json) pairs, then message ids to delete. The owner is a name *and* a run (the process): an instance restarted under its old name is a
@@ -29,7 +30,11 @@ def _lua(text: str) -> str:
 # wrote since the claimer loaded it (``expected version``; empty: there was no record). So of two
 # instances restoring one session at once (a client that retried its handshake) exactly one wins and
 # the other refuses its handshake; and a restore that loaded an older state than the owner has since
-# written never overwrites it. Returns 0 when refused (a peer owns it / the claim is stale), 1 when written.
+# written never overwrites it. With no record at all, the owner's write recreates it only while the
+# session's socket is live here (Redis lost it; the owner still serves the session): a late write of a
+# session whose client is gone never brings back a record that expired or was cleared (workers would
+# queue messages for it instead of refusing an unknown session). Returns 0 when refused (a peer owns it /
+# the claim is stale), 1 when written, 2 when there was nothing to write (no record, no live socket).
 SESSION_SAVE = """
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'run', 'v')
 if cur[1] then
@@ -38,11 +43,13 @@ if cur[1] then
   elseif cur[1] ~= ARGV[1] or (cur[2] or '') ~= ARGV[6] then
     return 0
   end
+elseif ARGV[2] ~= '1' and ARGV[8] ~= '1' then
+  return 2
 end
-local k = tonumber(ARGV[8])
-for i = 9, 8 + k do redis.call('HDEL', KEYS[3], ARGV[i]) end
-local nf = tonumber(ARGV[9 + k])
-local at = 10 + k
+local k = tonumber(ARGV[9])
+for i = 10, 9 + k do redis.call('HDEL', KEYS[3], ARGV[i]) end
+local nf = tonumber(ARGV[10 + k])
+local at = 11 + k
 for i = 0, nf - 1 do redis.call('HSET', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1]) end
 at = at + 2 * nf
 if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
@@ -67,7 +74,7 @@ def session_save(ks: Keyspace, session_id: str, record: SessionRecord, *, ttl: i
     record_fields = record.fields()
     args: list = [record.owner, "1" if claim else "0", int(ttl), "1" if reset_context else "0",
                   str(expected.version) if expected else "", record.run, "1" if bump or claim else "0",
-                  len(settle), *settle, len(record_fields)]
+                  "1" if record.connected else "0", len(settle), *settle, len(record_fields)]
     for name, value in record_fields.items():
         args += [name, value]
     args.append(len(upserts))

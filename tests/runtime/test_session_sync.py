@@ -183,3 +183,24 @@ async def test_a_stalled_redis_is_store_unavailable_never_no_session(r):
     await asyncio.sleep(0.9)
     assert (await store.load("s1")).owner == "inst-a"
     assert await store.load("never-existed") is None
+
+
+async def test_a_late_write_of_a_disconnected_session_never_brings_its_deleted_record_back(r):
+    """A session removed from Redis (expired, or cleared) while its last scheduled write was still to
+    come: that write, of a socket that is gone, must not recreate the record — workers would then
+    queue messages for a session that no longer exists instead of refusing them as unknown. (A live
+    socket's write does recreate it: Redis lost data, the owner still holds the session.)"""
+    state, store, sync = make(r)
+    session = state.sessions["s1"] = Session("s1")
+    assert await sync.save(session, connected=True) == "saved"
+    state.connected = lambda _session: False  # the client left
+    assert await sync.save(session) == "saved"
+    assert await r.hget(KS.session("s1"), "connected") == b"0"
+    await r.delete(KS.session("s1"), KS.context("s1"))  # expired / cleared
+    state.messages("s1").append(Message("m1"))
+    sync.changed("s1", "add", "m1")  # a change still being written after the disconnect
+    await sync.save(session, connected=False)
+    await _settled(sync)
+    assert not await r.exists(KS.session("s1")) and not await r.exists(KS.context("s1"))
+    assert await sync.save(session, connected=True) == "saved"  # the socket is live here: written
+    assert await r.hget(KS.session("s1"), "connected") == b"1"
