@@ -56,6 +56,11 @@ class LocalFirstRedisManager(AsyncRedisManager):
         self._listen_redis = connect(url, timeout=None)
         self.listener_alive_at = 0.0  # monotonic time of the last self-ping seen by the listener
         self.redis_ok = False
+        # The listener's connection dropped this many times; the rooms were last registered in full
+        # after that many. A drop means Redis went away and may have come back empty (a restart, a
+        # failover) even when the heartbeat's own connection never failed.
+        self._listener_losses = 0
+        self._rooms_synced = 0
         self._registered: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task] = []
         self.last_reached = 0  # instances the last cross-instance emit was published to
@@ -215,6 +220,7 @@ class LocalFirstRedisManager(AsyncRedisManager):
                 raise
             except Exception as exc:
                 self.listener_alive_at = 0.0
+                self._listener_losses += 1  # the heartbeat registers the rooms again
                 log.warning("Redis listener lost (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -226,16 +232,20 @@ class LocalFirstRedisManager(AsyncRedisManager):
 
     async def _heartbeat(self):
         """Self-ping through Redis (proves the listener works); re-register rooms after an outage
-        and refresh their TTL every ``ROOM_REFRESH_EVERY`` seconds."""
+        (this connection failed, or the listener's dropped) and refresh their TTL every
+        ``ROOM_REFRESH_EVERY`` seconds."""
         refreshed = time.monotonic()
         while True:
             try:
                 async with asyncio.timeout(self.redis_timeout):
                     await self.redis.publish(self.channel, "ping")
                 due = time.monotonic() - refreshed > ROOM_REFRESH_EVERY
-                if (due or not self.redis_ok) and self._registered:
-                    await self._refresh_rooms()
+                losses = self._listener_losses
+                if due or not self.redis_ok or losses != self._rooms_synced:
+                    if self._registered:
+                        await self._refresh_rooms()
                     refreshed = time.monotonic()
+                    self._rooms_synced = losses
                 self.redis_ok = True
             except asyncio.CancelledError:
                 raise
@@ -257,4 +267,5 @@ class LocalFirstRedisManager(AsyncRedisManager):
         return {"rooms_registered": len(self._registered)}
 
     def listener_alive(self) -> bool:
-        return self.redis_ok and time.monotonic() - self.listener_alive_at < max(5.0, 3 * self.heartbeat_seconds)
+        return (self.redis_ok and self._rooms_synced == self._listener_losses
+                and time.monotonic() - self.listener_alive_at < max(5.0, 3 * self.heartbeat_seconds))

@@ -115,3 +115,25 @@ async def test_leaving_deregisters_and_registrations_come_back_after_a_redis_flu
         await asyncio.sleep(0.05)
     assert await r.sismember(KS.room("/", "thread:t1"), "inst-b")
     assert b.manager.tracked()["rooms_registered"] >= 2  # the socket's own room and thread:t1
+
+
+async def test_rooms_are_registered_again_once_the_listener_lost_its_connection(redis_server):
+    """Redis lost its data and dropped the listener's connection (a restart or a failover the heartbeat
+    happened not to see: its own connection was fresh): the instance registers its rooms again, and is
+    not ready until it has — else a peer's emit finds no holder and is lost until the periodic refresh."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    a = Node(redis_server.url, "a")
+    try:
+        await a.socket("e1", "room-x")
+        await _until(a.manager.listener_alive)
+        assert await r.smembers(KS.room("/", "room-x")) == {b"a"}
+        await r.flushall()
+        await r.client_kill_filter(_type="pubsub")
+        for _ in range(150):  # bounded: 3 s, thirty heartbeats
+            if await r.smembers(KS.room("/", "room-x")) == {b"a"} and a.manager.listener_alive():
+                break
+            await asyncio.sleep(0.02)
+        assert await r.smembers(KS.room("/", "room-x")) == {b"a"}
+    finally:
+        await a.close()
+        await r.aclose()
