@@ -154,8 +154,6 @@ async def _measure(work: Path, p: dict, log) -> dict:
                                     "redis_cpu_ms_per_msg": round(rcpu[side] * 1000 / messages, 3),
                                     "p50_ms": round(statistics.median(lat[side]), 2), "messages": messages}
                              for side in SIDES}
-            for c in [c for cs in conns.values() for c in cs]:
-                await c.close()
         log("one Redis round trip through redis-py")
         rt = await _round_trip_cpu_ms(redis.url, p["round_trips"])
         results["round_trip_cpu_ms"] = round(rt["idle"], 4)
@@ -215,12 +213,6 @@ def readme_section(results: dict) -> str:
               f"{p['concurrent']} senders. The same round trip back to back costs "
               f"{results['round_trip_tight_cpu_ms']:.3f} ms: most of a write's cost is waking the process for its answer."]
     return "\n".join(lines)
-
-
-def update_readme(readme: Path, results_path: Path) -> None:
-    from cl_scale.bench.report import replace_block
-
-    replace_block(readme, MARK_START, MARK_END, readme_section(json.loads(results_path.read_text())))
 
 
 def plot(results: dict, target: Path) -> Path:

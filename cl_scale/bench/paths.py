@@ -454,12 +454,6 @@ def readme_section(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results_path: Path) -> None:
-    from cl_scale.bench.report import replace_block
-
-    replace_block(readme, MARK_START, MARK_END, readme_section(json.loads(results_path.read_text())))
-
-
 def plot(results: dict, target: Path) -> Path:
     import matplotlib
 

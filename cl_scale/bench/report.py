@@ -206,3 +206,9 @@ def replace_block(readme: Path, start: str, end: str, section: str) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{start}\n{section}\n{end}{tail}")
+
+
+def update_mode_block(readme: Path, bench, results_path: Path) -> None:
+    """Regenerate one benchmark mode's README block (``bench``: its module, with ``MARK_START``,
+    ``MARK_END`` and ``readme_section``) from that mode's JSON."""
+    replace_block(readme, bench.MARK_START, bench.MARK_END, bench.readme_section(json.loads(results_path.read_text())))

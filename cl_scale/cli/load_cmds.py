@@ -133,8 +133,8 @@ def bench_cmd(
     from cl_scale.bench import report, run
     from cl_scale.bench.setups import SETUPS
 
-    # The benchmarks besides the main one: flag, module (run / readme_section / update_readme /
-    # MARK_START), its JSON and plot name, and what it needs before it starts.
+    # The benchmarks besides the main one: flag, module (run, readme_section, MARK_START/MARK_END),
+    # its JSON and plot name, and what it needs before it starts.
     def autogen_ready():
         from cl_scale.cli.bridge_cmds import _autogen_check
 
@@ -153,7 +153,7 @@ def bench_cmd(
         for _, name, _ in modes:
             bench = importlib.import_module(f"cl_scale.bench.{name}")
             if (out_dir / f"{name}.json").is_file() and bench.MARK_START in readme.read_text():
-                bench.update_readme(readme, out_dir / f"{name}.json")
+                report.update_mode_block(readme, bench, out_dir / f"{name}.json")
         typer.echo(f"updated {readme} from {out_dir}")
         return
     for chosen, name, ready in modes:
