@@ -266,20 +266,25 @@ class SentinelGroup:
             raise
         return self
 
-    def wait_synced(self, timeout: float = 20.0) -> None:
-        """Until the replica is connected to the primary and in sync (bounded)."""
+    def wait_synced(self, timeout: float = 20.0, server: RedisServer | None = None) -> None:
+        """Until ``server`` (default: the replica) is a replica connected to its primary and in sync
+        (bounded)."""
         import redis
 
+        server = server or self.replica
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not server.proc.alive():  # e.g. its port was taken while it was down
+                raise RuntimeError(f"Redis on {server.port} exited: {server.proc.log()[-300:]}")
             try:
-                info = redis.Redis(port=self.replica.port, socket_timeout=1).info("replication")
-                if info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"):
+                info = redis.Redis(port=server.port, socket_timeout=1).info("replication")
+                if (info.get("role") == "slave" and info.get("master_link_status") == "up"
+                        and not info.get("master_sync_in_progress")):
                     return
             except Exception:  # noqa: BLE001 - not answering yet
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"replica on {self.replica.port} not in sync after {timeout}s")
+        raise TimeoutError(f"Redis on {server.port} not a replica in sync after {timeout}s")
 
     def primary_port(self) -> int | None:
         """The primary the sentinels name now (None: no answer)."""
@@ -297,10 +302,16 @@ class SentinelGroup:
     def kill_primary(self) -> None:
         self.primary.proc.stop(signal.SIGKILL)
 
-    def restart_old_primary(self) -> None:
-        """Start the killed primary again on its port: the sentinels turn it into a replica of the
-        promoted one (as a restarted pod or VM would rejoin)."""
+    def restart_old_primary(self, timeout: float = 90.0) -> None:
+        """Start the killed primary again on its port and, when a replica was promoted, wait until the
+        sentinels have turned it into the new primary's replica, in sync (as a restarted pod or VM
+        would rejoin). That takes a sentinel 8 s of seeing it up plus up to one 10 s ``INFO`` period
+        (measured 15-16 s here; a sentinel starved of CPU enters TILT mode and acts 30 s later): until
+        then the new primary has no replica, and a write that waits for one (``Publisher(replicas=1)``)
+        is told ``NotReplicated``."""
         self.primary.start()
+        if self.replica is not None:
+            self.wait_synced(timeout, server=self.primary)
 
     def stop(self) -> None:
         for proc in self.sentinels:

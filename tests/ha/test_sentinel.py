@@ -74,7 +74,9 @@ async def test_primary_killed_mid_chat_with_workers_flowing(cluster, sentinels, 
                 break
             await asyncio.sleep(0.2)
         assert promoted is not None and ready is not None, (promoted, ready)
-        sentinels.restart_old_primary()  # rejoins as the new primary's replica: writes can be replicated again
+        restarted = time.monotonic()  # it rejoins as the new primary's replica: writes can be replicated again
+        await asyncio.to_thread(sentinels.restart_old_primary)  # (in a thread: the clients keep answering pings)
+        rejoined = time.monotonic() - restarted
         for c in clients:  # chat goes on, on the same sessions
             reply = fields(await c.ask("after", contains="echo=after", timeout=30))
             assert reply["count"] == "2" and len(starts(c)) == 1
@@ -93,7 +95,7 @@ async def test_primary_killed_mid_chat_with_workers_flowing(cluster, sentinels, 
                     from None
             assert len(shown([c])) == len(set(shown([c])))  # once each (the UI upserts a message by id)
         others = {what for what in told.values() if what != "accepted"}
-        print(f"replicas={replicas}: promoted after {promoted:.2f} s, all instances ready after {ready:.2f} s; "
+        print(f"replicas={replicas}: promoted after {promoted:.2f} s, all instances ready after {ready:.2f} s, old primary a replica {rejoined:.1f} s after its restart; "
               f"{len(accepted)} worker messages accepted and delivered; told otherwise: "
               f"{ {w: sum(1 for v in told.values() if v == w) for w in others} }")
     finally:
