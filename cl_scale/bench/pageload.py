@@ -53,22 +53,45 @@ def _loopback_only(route):
 
 
 def _ready_after(page, url: str) -> float:
-    """Navigate and return the seconds until Socket.IO's connect is acknowledged."""
+    """Navigate and return the seconds until Socket.IO's connect is acknowledged. A load that never
+    gets there raises with what the page did instead (sockets, failed requests, console errors)."""
     ready: dict[str, float] = {}
+    seen: list[str] = []
 
     def on_socket(ws):
+        seen.append(f"ws {ws.url.split('?')[0]}")
+        ws.on("close", lambda _ws: seen.append("ws closed"))
+        ws.on("socketerror", lambda err: seen.append(f"ws error {err}"))
         if "/ws/socket.io" in ws.url:
             ws.on("framereceived", lambda p: ready.setdefault("t", time.perf_counter())
-                  if isinstance(p, str) and p.startswith("40") else None)
+                  if isinstance(p, str) and p.startswith("40") else seen.append(f"frame {str(p)[:60]}"))
 
-    page.on("websocket", on_socket)
-    started = time.perf_counter()
-    page.goto(url, wait_until="commit", timeout=60_000)
-    while "t" not in ready:
-        if time.perf_counter() - started > 60:
-            raise TimeoutError(f"{url}: no Socket.IO connection within 60 s")
-        page.wait_for_timeout(5)
-    page.remove_listener("websocket", on_socket)
+    def on_failed(request):
+        if urlsplit(request.url).hostname in ("127.0.0.1", "localhost", "::1"):  # not the refused ones
+            seen.append(f"failed {request.method} {urlsplit(request.url).path}: {request.failure}")
+
+    def on_response(response):
+        if response.status >= 400:
+            seen.append(f"HTTP {response.status} {urlsplit(response.url).path}")
+
+    def on_console(msg):
+        if msg.type == "error":
+            seen.append(f"console {msg.text[:120]}")
+
+    handlers = {"websocket": on_socket, "requestfailed": on_failed, "response": on_response,
+                "console": on_console, "crash": lambda _p: seen.append("page crashed")}
+    for event, handler in handlers.items():
+        page.on(event, handler)
+    try:
+        started = time.perf_counter()
+        page.goto(url, wait_until="commit", timeout=60_000)
+        while "t" not in ready:
+            if time.perf_counter() - started > 60:
+                raise TimeoutError(f"{url}: no Socket.IO connection within 60 s; the page did: {seen[-25:]}")
+            page.wait_for_timeout(5)
+    finally:
+        for event, handler in handlers.items():
+            page.remove_listener(event, handler)
     return ready["t"] - started
 
 

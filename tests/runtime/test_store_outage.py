@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -36,7 +38,11 @@ async def test_client_pause_during_reconnect_elsewhere_keeps_the_stored_session(
         assert field(reply, "count") == "4"
         assert int(field(reply, "history")) == history + 2
         assert not [m for m in moved.messages() if "started on" in str(m.get("output"))], "on_chat_start re-ran"
-        ctx = await admin.hlen(Keyspace().context(client.session_id))
+        for _ in range(100):  # bounded: the reply's context entry is written beside the reply, not before it
+            ctx = await admin.hlen(Keyspace().context(client.session_id))
+            if ctx >= history + 3:
+                break
+            await asyncio.sleep(0.1)
         assert ctx == history + 3, "stored chat context lost entries"  # + previous reply, "after", its reply
     finally:
         await moved.close()

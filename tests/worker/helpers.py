@@ -46,6 +46,34 @@ async def dlq(redis_url: str) -> list[dict]:
         await r.aclose()
 
 
+async def dlq_until(redis_url: str, count: int, timeout: float = 10.0) -> list[dict]:
+    """The dead letters once there are at least ``count`` (bounded; then whatever is there): an instance
+    writes a batch's letters when it settles the batch, *after* rendering its good entries, so a
+    message seen on screen does not mean the letters of entries read with it are in Redis yet."""
+    for _ in range(int(timeout / 0.05)):
+        letters = await dlq(redis_url)
+        if len(letters) >= count:
+            return letters
+        await asyncio.sleep(0.05)
+    return await dlq(redis_url)
+
+
+async def outbox_settled(redis_url: str, session_id: str, timeout: float = 10.0) -> None:
+    """Until the session's outbox is empty (bounded): the instance settles (deletes) entries after
+    rendering them, so a client that closes the moment it sees a message may leave them behind."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        for _ in range(int(timeout / 0.05)):
+            if await r.xlen(KEYS.outbox(session_id)) == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"outbox of {session_id} not settled after {timeout}s")
+    finally:
+        await r.aclose()
+
+
 def shown(clients: list[ChainlitClient], prefix: str = "w") -> list[str]:
     """What Chainlit's UI renders: ``new_message`` upserts by id (frontend ``addMessage``), so a
     re-emitted id replaces its earlier copy instead of showing twice. First appearance keeps order."""

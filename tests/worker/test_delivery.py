@@ -55,8 +55,8 @@ async def test_send_to_user_reaches_each_of_their_sessions_and_scoped_key_holds(
             await c.wait_for(lambda c=c: "w-for-alice" in worker_texts(c), 15)
         await bob.wait_for(lambda: "w-bob" in worker_texts(bob), 15)
         assert worker_texts(bob) == ["w-bob"]
-        from tests.worker.helpers import dlq
-        assert [d["reason"] for d in await dlq(cluster.redis.url)] == ["key 'k2' is not allowed to reach this session"]
+        from tests.worker.helpers import dlq_until
+        assert [d["reason"] for d in await dlq_until(cluster.redis.url, 1)] == ["key 'k2' is not allowed to reach this session"]
     finally:
         for c in clients:
             await c.close()

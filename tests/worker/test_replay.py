@@ -8,7 +8,7 @@ import time
 from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire import messages as p
 from cl_scale.worker import Publisher
-from tests.worker.helpers import dlq, raw_publish, started
+from tests.worker.helpers import dlq_until, outbox_settled, raw_publish, started
 
 K1 = b"secret-one"
 
@@ -35,6 +35,7 @@ async def test_replayed_update_after_a_move_is_a_dead_lettered_duplicate(cluster
         await client.wait_for(lambda: updates(client, mid) == ["w-old"], 15)
         await pub.update(sid, mid, "w-new")
         await client.wait_for(lambda: updates(client, mid) == ["w-old", "w-new"], 15)
+    await outbox_settled(cluster.redis.url, sid)  # rendered *and* settled: nothing left for b to render again
     await client.close()
 
     moved = ChainlitClient(b.url, session_id=sid)
@@ -47,7 +48,7 @@ async def test_replayed_update_after_a_move_is_a_dead_lettered_duplicate(cluster
             await pub.send(sid, "w-marker")  # delivered after the replay: by then the replay was handled
         await moved.wait_for(lambda: any(m.get("output") == "w-marker" for m in moved.messages()), 15)
         assert updates(moved, mid) == [], "the replayed update was rendered"
-        letters = await dlq(cluster.redis.url)
+        letters = await dlq_until(cluster.redis.url, 1)
         assert len(letters) == 1 and "duplicate" in letters[0]["reason"], letters
         history = await moved.ask("history", contains="count=")
         assert history  # the session still works

@@ -3,7 +3,6 @@ never against the target fields a signer chose to write into the message."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 
@@ -11,7 +10,7 @@ from cl_scale.ops.client import ChainlitClient
 from cl_scale.wire import messages as p
 from cl_scale.wire.keyspace import Keyspace, acl_rules
 from cl_scale.worker import Publisher
-from tests.worker.helpers import dlq, raw_publish, worker_texts
+from tests.worker.helpers import dlq_until, raw_publish, worker_texts
 
 ALICE_SID, BOB_SID = "alice-session-0001", "bob-session-00001"
 ALICE_THREAD, BOB_THREAD = "alice-thread-0001", "bob-thread-000001"
@@ -60,11 +59,7 @@ async def test_scope_is_checked_against_the_stored_session_not_the_message(clust
             await pub.send(BOB_SID, "w-last-for-bob")  # out of scope as well: the last one bob's outbox holds
         forged += 1
         await alice.wait_for(lambda: len(worker_texts(alice)) == len(SCOPED), 15)
-        for _ in range(100):  # bounded: until every forged entry is accounted for
-            letters = await dlq(cluster.redis.url)
-            if len(letters) >= forged:
-                break
-            await asyncio.sleep(0.1)
+        letters = await dlq_until(cluster.redis.url, forged)  # every forged entry accounted for
         assert sorted(worker_texts(alice)) == ["w-ok-ks", "w-ok-kt", "w-ok-ku"]
         assert worker_texts(bob) == [], "a scoped key wrote into another user's session"
         assert len(letters) == forged

@@ -15,7 +15,7 @@ from cl_scale.ops.client import ChainlitClient
 from cl_scale.ops.processes import http_status
 from cl_scale.wire import messages as p
 from cl_scale.worker import Publisher
-from tests.worker.helpers import dlq, raw_publish, signed, started, worker_texts
+from tests.worker.helpers import dlq_until, raw_publish, signed, started, worker_texts
 
 K1 = b"secret-one"
 
@@ -45,7 +45,7 @@ async def test_bad_entries_are_dead_lettered_never_delivered(cluster, worker_env
             await pub.send(sid, "w-good")
         await client.wait_for(lambda: "w-good" in worker_texts(client), 15)
         assert worker_texts(client) == ["w-good"]
-        reasons = [d["reason"] for d in await dlq(cluster.redis.url)]
+        reasons = [d["reason"] for d in await dlq_until(cluster.redis.url, len(cases))]
         assert len(reasons) == len(cases), reasons
         for expected, reason in zip(cases, reasons):
             assert expected in reason, (expected, reason)
@@ -88,7 +88,7 @@ async def test_property_garbage_in_the_transport_is_rejected_with_a_reason(clust
         async with Publisher(cluster.redis.url, key_id="k1", key=K1) as pub:
             await pub.send(client.session_id, "w-still-serving")
         await client.wait_for(lambda: "w-still-serving" in worker_texts(client), 20)
-        letters = await dlq(cluster.redis.url)
+        letters = await dlq_until(cluster.redis.url, len(payloads))
         assert len(letters) == len(payloads)
         assert all(d["reason"] for d in letters)
         assert worker_texts(client) == ["w-still-serving"]
